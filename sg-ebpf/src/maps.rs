@@ -1,0 +1,24 @@
+//! Maps shared with `sg-daemon`, pinned by name under the daemon's bpffs directory so
+//! enforcement outlives the daemon. Sizes here are defaults; the loader overrides them
+//! from the configured limits.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray},
+};
+use sg_common::abi::{CidrKey, CidrMatch, IfacePolicy, PortClass, PortClassKey, Reason};
+
+/// ifindex -> policy of the instance behind it.
+#[map]
+pub static IFACE_POLICY: HashMap<u32, IfacePolicy> = HashMap::pinned(4096, 0);
+
+/// {policy, direction, family, protocol, port prefix} -> port class.
+#[map]
+pub static PORT_CLASS: LpmTrie<PortClassKey, PortClass> = LpmTrie::pinned(262_144, 0);
+
+/// {policy, class, remote prefix} -> first matching rule.
+#[map]
+pub static CIDR_ALLOW: LpmTrie<CidrKey, CidrMatch> = LpmTrie::pinned(262_144, 0);
+
+/// Reason -> packets, per CPU.
+#[map]
+pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
