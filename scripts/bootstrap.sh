@@ -12,7 +12,7 @@ mkdir -p "$TOOLS"
 log() { printf '\033[1;34m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
 # 1. Debian packages the tests and the demo use.
-PKGS=(nftables iptables bpftool iproute2 ethtool tcpdump socat netcat-openbsd python3-scapy)
+PKGS=(nftables iptables bpftool iproute2 iputils-ping ethtool tcpdump socat netcat-openbsd python3-scapy)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

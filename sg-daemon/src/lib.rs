@@ -1,1 +1,13 @@
+//! sg host agent library.
+//!
+//! Pure core (no I/O): [`compile`] (rules -> map entries), [`desired`] (the desired-state
+//! document and its validation), [`plan`] (what an apply changes).
+//! Adapters: [`dataplane`] (pinned eBPF objects), [`state`] (state file and lock),
+//! [`netns`] (network namespaces), and [`apply`] which drives them in a safe order.
+pub mod apply;
 pub mod compile;
+pub mod dataplane;
+pub mod desired;
+pub mod netns;
+pub mod plan;
+pub mod state;

@@ -100,64 +100,69 @@ fn parse_inner(b: &Bounds) -> Result<Meta, Reason> {
 
 #[inline(always)]
 fn parse_ipv4(b: &Bounds, off: usize) -> Result<Meta, Reason> {
-    let ver_ihl: u8 = b.load(off).ok_or(MALFORMED)?;
-    if ver_ihl >> 4 != 4 {
+    // One load of the fixed header: a single bounds check the verifier can follow.
+    let h: [u8; 20] = b.load(off).ok_or(MALFORMED)?;
+    if h[0] >> 4 != 4 {
         return Err(MALFORMED);
     }
-    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
     if ihl < 20 || !b.has(off, ihl) {
         return Err(MALFORMED);
     }
-    let total_len = usize::from(b.be16(off + 2).ok_or(MALFORMED)?);
-    if total_len < ihl {
+    if usize::from(u16::from_be_bytes([h[2], h[3]])) < ihl {
         return Err(MALFORMED);
     }
-    let frag = b.be16(off + 6).ok_or(MALFORMED)?;
-    if frag & 0x1fff != 0 {
+    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
         return Err(Reason::DropFragment);
     }
-    let protocol: u8 = b.load(off + 9).ok_or(MALFORMED)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&b.load::<[u8; 4]>(off + 12).ok_or(MALFORMED)?);
-    dst[..4].copy_from_slice(&b.load::<[u8; 4]>(off + 16).ok_or(MALFORMED)?);
-    let mut meta = Meta { family: FAMILY_V4, protocol, port_key: 0, src, dst };
+    src[..4].copy_from_slice(&h[12..16]);
+    dst[..4].copy_from_slice(&h[16..20]);
+    let mut meta = Meta { family: FAMILY_V4, protocol: h[9], port_key: 0, src, dst };
     parse_l4(b, off + ihl, &mut meta)?;
     Ok(meta)
 }
 
 #[inline(always)]
 fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
-    let ver: u8 = b.load(off).ok_or(MALFORMED)?;
-    if ver >> 4 != 6 || !b.has(off, 40) {
+    let h: [u8; 40] = b.load(off).ok_or(MALFORMED)?;
+    if h[0] >> 4 != 6 {
         return Err(MALFORMED);
     }
-    let mut next: u8 = b.load(off + 6).ok_or(MALFORMED)?;
-    let src: [u8; 16] = b.load(off + 8).ok_or(MALFORMED)?;
-    let dst: [u8; 16] = b.load(off + 24).ok_or(MALFORMED)?;
+    let mut next = h[6];
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
     let mut l4 = off + 40;
     let mut walked = 0;
     while walked < MAX_IPV6_EXT_HEADERS {
+        // Every extension header starts with {next header, length}; the fragment
+        // header is 8 bytes with the offset in bytes 2-3.
         let len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                (usize::from(b.load::<u8>(l4 + 1).ok_or(MALFORMED)?) + 1) * 8
+                let e: [u8; 2] = b.load(l4).ok_or(MALFORMED)?;
+                (usize::from(e[1]) + 1) * 8
             }
             NEXTHDR_FRAGMENT => {
-                if !b.has(l4, 8) {
-                    return Err(MALFORMED);
-                }
-                if b.be16(l4 + 2).ok_or(MALFORMED)? >> 3 != 0 {
+                let f: [u8; 8] = b.load(l4).ok_or(MALFORMED)?;
+                if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
                     return Err(Reason::DropFragment);
                 }
                 8
             }
-            NEXTHDR_AUTH => (usize::from(b.load::<u8>(l4 + 1).ok_or(MALFORMED)?) + 2) * 4,
+            NEXTHDR_AUTH => {
+                let e: [u8; 2] = b.load(l4).ok_or(MALFORMED)?;
+                (usize::from(e[1]) + 2) * 4
+            }
             _ => break,
         };
         if !b.has(l4, len) {
             return Err(MALFORMED);
         }
-        next = b.load(l4).ok_or(MALFORMED)?;
+        let e: [u8; 1] = b.load(l4).ok_or(MALFORMED)?;
+        next = e[0];
         l4 += len;
         walked += 1;
     }
@@ -173,32 +178,29 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
 
 #[inline(always)]
 fn parse_l4(b: &Bounds, l4: usize, meta: &mut Meta) -> Result<(), Reason> {
+    // Whole-header loads at one offset: LLVM cannot re-derive the pointer in a way the
+    // verifier loses track of.
     match meta.protocol {
         IPPROTO_TCP => {
-            let doff: u8 = b.load(l4 + 12).ok_or(MALFORMED)?;
-            let hlen = usize::from(doff >> 4) * 4;
-            if !b.has(l4, 20) || hlen < 20 || !b.has(l4, hlen) {
+            let h: [u8; 20] = b.load(l4).ok_or(MALFORMED)?;
+            let hlen = usize::from(h[12] >> 4) * 4;
+            if hlen < 20 || !b.has(l4, hlen) {
                 return Err(MALFORMED);
             }
-            meta.port_key = b.be16(l4 + 2).ok_or(MALFORMED)?;
+            meta.port_key = u16::from_be_bytes([h[2], h[3]]);
         }
         IPPROTO_UDP => {
-            if !b.has(l4, 8) {
-                return Err(MALFORMED);
-            }
-            meta.port_key = b.be16(l4 + 2).ok_or(MALFORMED)?;
+            let h: [u8; 8] = b.load(l4).ok_or(MALFORMED)?;
+            meta.port_key = u16::from_be_bytes([h[2], h[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if !b.has(l4, 8) {
-                return Err(MALFORMED);
-            }
-            let icmp_type: u8 = b.load(l4).ok_or(MALFORMED)?;
+            let h: [u8; 8] = b.load(l4).ok_or(MALFORMED)?;
             // Neighbour discovery (RS, RA, NS, NA): the instance needs it to exist on
             // the network. Redirect (137) is not passed.
-            if meta.protocol == IPPROTO_ICMPV6 && meta.family == FAMILY_V6 && (133..=136).contains(&icmp_type) {
+            if meta.protocol == IPPROTO_ICMPV6 && meta.family == FAMILY_V6 && (133..=136).contains(&h[0]) {
                 return Err(Reason::AllowInfra);
             }
-            meta.port_key = b.be16(l4).ok_or(MALFORMED)?;
+            meta.port_key = u16::from_be_bytes([h[0], h[1]]);
         }
         _ => {}
     }

@@ -1,0 +1,322 @@
+//! Adapter: the pinned eBPF objects under the bpffs directory (default `/sys/fs/bpf/sg`).
+//!
+//! Layout (everything pinned, so enforcement goes on while no daemon runs):
+//! - `<dir>/IFACE_POLICY`, `PORT_CLASS`, `CIDR_ALLOW`, `VERDICT_STATS`: maps, by name;
+//! - `<dir>/prog_egress`, `<dir>/prog_ingress`: the XDP and TC programs;
+//! - `<dir>/links/xdp-<ifindex>`, `<dir>/links/tc-<ifindex>`: one link per hook.
+//!
+//! Opening adopts whatever is pinned and creates what is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::Ebpf;
+use aya::EbpfLoader;
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use sg_common::abi::{
+    self, CidrKey, CidrMatch, IfacePolicy, MAP_CIDR_ALLOW, MAP_IFACE_POLICY, MAP_PORT_CLASS, MAP_VERDICT_STATS,
+    PortClass, PortClassKey, Reason,
+};
+use tracing::{debug, info};
+
+use crate::compile::CompiledPolicy;
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
+
+/// Map capacities, configurable; exceeding one is an error at apply time.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub interfaces: u32,
+    pub port_class_entries: u32,
+    pub cidr_entries: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity { interfaces: 4096, port_class_entries: 262_144, cidr_entries: 262_144 }
+    }
+}
+
+pub struct Dataplane {
+    dir: PathBuf,
+    ebpf: Ebpf,
+    pub capacity: Capacity,
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` when it is missing (it is not mounted at boot on
+/// every distribution).
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root) {
+        fs::create_dir_all(root).ok();
+        let src = CString::new("bpf")?;
+        let target = CString::new("/sys/fs/bpf")?;
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+        }
+        info!("mounted bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+impl Dataplane {
+    /// Opens (adopting pins) or creates the data plane under `dir`.
+    pub fn open(dir: &Path, capacity: Capacity) -> Result<Self> {
+        ensure_bpffs(dir)?;
+        fs::create_dir_all(dir.join("links")).with_context(|| format!("creating {}", dir.display()))?;
+        if !is_bpffs(dir) {
+            bail!("{} is not on a bpffs mount; pins would not survive", dir.display());
+        }
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .map_max_entries(MAP_IFACE_POLICY, capacity.interfaces)
+            .map_max_entries(MAP_PORT_CLASS, capacity.port_class_entries)
+            .map_max_entries(MAP_CIDR_ALLOW, capacity.cidr_entries)
+            .load(EBPF_OBJECT)
+            .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
+        let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity };
+        dp.ensure_programs()?;
+        Ok(dp)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn prog_pin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Loads and pins the programs unless pinned ones exist already.
+    fn ensure_programs(&mut self) -> Result<()> {
+        let egress = self.prog_pin("prog_egress");
+        if !egress.exists() {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(abi::PROG_INSTANCE_EGRESS)
+                .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_EGRESS))?
+                .try_into()?;
+            prog.load().context("verifier rejected the XDP program")?;
+            prog.pin(&egress).context("pinning the XDP program")?;
+            info!(path = %egress.display(), "loaded and pinned XDP program");
+        }
+        let ingress = self.prog_pin("prog_ingress");
+        if !ingress.exists() {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(abi::PROG_INSTANCE_INGRESS)
+                .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_INGRESS))?
+                .try_into()?;
+            prog.load().context("verifier rejected the TC program")?;
+            prog.pin(&ingress).context("pinning the TC program")?;
+            info!(path = %ingress.display(), "loaded and pinned TC program");
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
+        self.dir.join("links").join(format!("{hook}-{ifindex}"))
+    }
+
+    /// Attaches both programs to `ifindex` unless pinned links exist.
+    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
+        let xdp_pin = self.link_pin("xdp", ifindex);
+        if !xdp_pin.exists() {
+            let mut prog = Xdp::from_pin(self.prog_pin("prog_egress"), aya_obj::programs::XdpAttachType::Interface)?;
+            let id = prog.attach(ifindex, XdpMode::Default).with_context(|| format!("attaching XDP to ifindex {ifindex}"))?;
+            let link: FdLink = prog.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
+            link.pin(&xdp_pin).context("pinning XDP link")?;
+            debug!(ifindex, "attached XDP");
+        }
+        let tc_pin = self.link_pin("tc", ifindex);
+        if !tc_pin.exists() {
+            let mut prog = SchedClassifier::from_pin(self.prog_pin("prog_ingress"))?;
+            let id = prog.attach(ifindex, TcAttachType::Egress).with_context(|| format!("attaching TC to ifindex {ifindex}"))?;
+            let link: FdLink = prog.take_link(id)?.try_into().context("TC link is not a bpf_link (tcx)")?;
+            link.pin(&tc_pin).context("pinning TC link")?;
+            debug!(ifindex, "attached TC (tcx egress)");
+        }
+        Ok(())
+    }
+
+    /// Detaches both programs from `ifindex` (removing the pins drops the links).
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        for hook in ["xdp", "tc"] {
+            let pin = self.link_pin(hook, ifindex);
+            if pin.exists() {
+                let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+                drop(link.unpin()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with pinned links.
+    pub fn attached_ifindexes(&self) -> Result<BTreeSet<u32>> {
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(self.dir.join("links"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(idx) = name.split_once('-').and_then(|(_, i)| i.parse().ok()) {
+                out.insert(idx);
+            }
+        }
+        Ok(out)
+    }
+
+    fn iface_map(&mut self) -> Result<BpfHashMap<&mut MapData, u32, IfacePolicy>> {
+        Ok(BpfHashMap::try_from(self.ebpf.map_mut(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?)
+    }
+
+    /// ifindex -> bound policy.
+    pub fn bindings(&mut self) -> Result<BTreeMap<u32, IfacePolicy>> {
+        let map = self.iface_map()?;
+        map.iter().map(|r| r.map_err(Into::into)).collect()
+    }
+
+    /// Writes a compiled policy's entries (under its fresh id; nothing reads them yet).
+    pub fn write_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
+        {
+            let mut ports: LpmTrie<&mut MapData, PortClassKey, PortClass> =
+                LpmTrie::try_from(self.ebpf.map_mut(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
+            for e in &policy.port_classes {
+                ports.insert(&Key::new(e.prefix_len, e.key), &e.value, 0).map_err(|err| {
+                    anyhow!("writing PORT_CLASS (capacity {}): {err}", self.capacity.port_class_entries)
+                })?;
+            }
+        }
+        let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
+        for e in &policy.cidrs {
+            cidrs
+                .insert(&Key::new(e.prefix_len, e.key), &e.value, 0)
+                .map_err(|err| anyhow!("writing CIDR_ALLOW (capacity {}): {err}", self.capacity.cidr_entries))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `policy` for `ifindex`: one map update, so packets switch from the old
+    /// rule set to the new one all at once.
+    pub fn bind(&mut self, ifindex: u32, binding: IfacePolicy) -> Result<()> {
+        self.iface_map()?.insert(&ifindex, &binding, 0).context("updating IFACE_POLICY")?;
+        Ok(())
+    }
+
+    pub fn unbind(&mut self, ifindex: u32) -> Result<()> {
+        match self.iface_map()?.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Policy ids that have entries in either trie.
+    pub fn stored_policy_ids(&mut self) -> Result<BTreeSet<u32>> {
+        let mut ids = BTreeSet::new();
+        let ports: LpmTrie<&MapData, PortClassKey, PortClass> =
+            LpmTrie::try_from(self.ebpf.map(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
+        for k in ports.keys() {
+            ids.insert(k?.data().policy_id);
+        }
+        let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> =
+            LpmTrie::try_from(self.ebpf.map(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
+        for k in cidrs.keys() {
+            ids.insert(k?.data().policy_id);
+        }
+        Ok(ids)
+    }
+
+    /// Deletes every trie entry of a policy id no interface is bound to.
+    pub fn collect_garbage(&mut self) -> Result<usize> {
+        let live: BTreeSet<u32> = self.bindings()?.values().map(|b| b.policy_id).collect();
+        let mut removed = 0;
+        {
+            let mut ports: LpmTrie<&mut MapData, PortClassKey, PortClass> =
+                LpmTrie::try_from(self.ebpf.map_mut(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
+            let dead: Vec<Key<PortClassKey>> =
+                ports.keys().filter_map(|k| k.ok()).filter(|k| !live.contains(&k.data().policy_id)).collect();
+            for k in dead {
+                ports.remove(&k)?;
+                removed += 1;
+            }
+        }
+        let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
+        let dead: Vec<Key<CidrKey>> =
+            cidrs.keys().filter_map(|k| k.ok()).filter(|k| !live.contains(&k.data().policy_id)).collect();
+        for k in dead {
+            cidrs.remove(&k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Entries stored in (PORT_CLASS, CIDR_ALLOW).
+    pub fn entry_counts(&mut self) -> Result<(usize, usize)> {
+        let ports: LpmTrie<&MapData, PortClassKey, PortClass> =
+            LpmTrie::try_from(self.ebpf.map(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
+        let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> =
+            LpmTrie::try_from(self.ebpf.map(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
+        Ok((ports.keys().count(), cidrs.keys().count()))
+    }
+
+    /// A policy id not used by any binding or stored entry.
+    pub fn fresh_policy_id(&mut self) -> Result<u32> {
+        let mut used = self.stored_policy_ids()?;
+        used.extend(self.bindings()?.values().map(|b| b.policy_id));
+        let next = used.iter().next_back().map_or(1, |m| m.wrapping_add(1).max(1));
+        if !used.contains(&next) {
+            return Ok(next);
+        }
+        (1..=u32::MAX).find(|i| !used.contains(i)).ok_or_else(|| anyhow!("no free policy id"))
+    }
+
+    /// Packets per verdict reason, summed over CPUs.
+    pub fn verdict_counts(&self) -> Result<BTreeMap<Reason, u64>> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_VERDICT_STATS).context("VERDICT_STATS map")?)?;
+        let mut out = BTreeMap::new();
+        for reason in Reason::ALL {
+            let per_cpu = stats.get(&(reason as u32), 0)?;
+            out.insert(reason, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// The loaded object, for tests that run the programs with BPF_PROG_TEST_RUN.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Removes every link, program and map pin under the directory.
+    pub fn uninstall(dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        if let Ok(entries) = fs::read_dir(dir.join("links")) {
+            for e in entries.flatten() {
+                if let Ok(link) = PinnedLink::from_pin(e.path()) {
+                    drop(link.unpin());
+                } else {
+                    fs::remove_file(e.path()).ok();
+                }
+            }
+        }
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+    }
+}

@@ -1,0 +1,339 @@
+//! Pure core: the desired-state document (`sg-daemon apply -f FILE`) and its validation.
+//!
+//! Every check runs before anything is changed. Errors found while reading YAML carry
+//! the file, line and column; errors about the document as a whole name the instance
+//! and rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sg_common::model::{Direction, EtherType, Os, PortRange, Protocol, Rule, RuleError, default_rules};
+use uuid::Uuid;
+
+/// Identifier of an instance (VM), as the cloud names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(InstanceId(s))
+        } else {
+            Err(format!("invalid instance id `{s}`: use 1-64 characters of A-Z a-z 0-9 - _ ."))
+        }
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A rule as stored: the rule itself, its UUID and the operator's explicit consent to
+/// open every port, when it does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RuleDoc", into = "RuleDoc")]
+pub struct RuleSpec {
+    pub id: Option<Uuid>,
+    pub rule: Rule,
+    pub allow_all_ports: bool,
+}
+
+/// The on-disk spelling of a rule (OpenStack/TWCC field names).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<Uuid>,
+    direction: Direction,
+    ethertype: EtherType,
+    protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port_min: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port_max: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    icmp_type: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    icmp_code: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cidr: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    allow_all_ports: bool,
+}
+
+impl TryFrom<RuleDoc> for RuleSpec {
+    type Error = String;
+    fn try_from(d: RuleDoc) -> Result<Self, String> {
+        let ports = match (d.port_min, d.port_max) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some(PortRange { min: a, max: b }),
+            (Some(a), None) | (None, Some(a)) => Some(PortRange::single(a)),
+        };
+        let rule = Rule {
+            direction: d.direction,
+            ethertype: d.ethertype,
+            protocol: d.protocol,
+            ports,
+            icmp_type: d.icmp_type,
+            icmp_code: d.icmp_code,
+            cidr: d.cidr.unwrap_or_else(|| d.ethertype.any_cidr()),
+        };
+        rule.validate().map_err(|e| format!("invalid rule ({rule}): {e}"))?;
+        Ok(RuleSpec { id: d.id, rule, allow_all_ports: d.allow_all_ports })
+    }
+}
+
+impl From<RuleSpec> for RuleDoc {
+    fn from(s: RuleSpec) -> RuleDoc {
+        let r = s.rule;
+        RuleDoc {
+            id: s.id,
+            direction: r.direction,
+            ethertype: r.ethertype,
+            protocol: r.protocol,
+            port_min: r.ports.map(|p| p.min),
+            port_max: r.ports.map(|p| p.max),
+            icmp_type: r.icmp_type,
+            icmp_code: r.icmp_code,
+            cidr: Some(r.cidr),
+            allow_all_ports: s.allow_all_ports,
+        }
+    }
+}
+
+impl RuleSpec {
+    pub fn new(rule: Rule) -> Self {
+        RuleSpec { id: None, rule, allow_all_ports: false }
+    }
+}
+
+/// One instance in the desired state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub id: InstanceId,
+    /// Host-side interface (tap or veth) through which the instance is reached.
+    pub interface: String,
+    pub os: Os,
+    /// Absent in a file: the default rules of `os`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+impl InstanceSpec {
+    /// The rules in force: the listed ones, or the defaults of the instance's OS.
+    pub fn effective_rules(&self) -> Vec<RuleSpec> {
+        match &self.rules {
+            Some(rules) => rules.clone(),
+            None => default_rules(self.os).into_iter().map(RuleSpec::new).collect(),
+        }
+    }
+}
+
+/// The whole desired state of a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    #[serde(default)]
+    pub instances: Vec<InstanceSpec>,
+}
+
+/// Why a desired-state document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredStateError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: String, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl DesiredState {
+    pub fn from_file(path: &Path) -> Result<Self, DesiredStateError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DesiredStateError::Read { path: path.display().to_string(), source })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates; `origin` names the document in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, DesiredStateError> {
+        let state: DesiredState = if text.trim().is_empty() {
+            DesiredState::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+                DesiredStateError::Syntax { path: origin.to_string(), line, column, message: e.to_string() }
+            })?
+        };
+        state
+            .validate()
+            .map_err(|message| DesiredStateError::Invalid { path: origin.to_string(), message })?;
+        Ok(state)
+    }
+
+    /// Checks the document as a whole (each rule was checked while reading).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        let mut ifaces = BTreeMap::new();
+        let mut uuids = BTreeMap::new();
+        for inst in &self.instances {
+            if !ids.insert(&inst.id) {
+                return Err(format!("instance {} is listed twice", inst.id));
+            }
+            validate_ifname(&inst.interface).map_err(|e| format!("instance {}: {e}", inst.id))?;
+            if let Some(other) = ifaces.insert(&inst.interface, &inst.id) {
+                return Err(format!(
+                    "instances {other} and {} both use interface {}",
+                    inst.id, inst.interface
+                ));
+            }
+            let rules = inst.effective_rules();
+            for (i, spec) in rules.iter().enumerate() {
+                spec.rule.validate().map_err(|e: RuleError| format!("instance {}, rule {}: {e}", inst.id, i + 1))?;
+                if let Some(j) = rules[..i].iter().position(|o| o.rule == spec.rule) {
+                    return Err(format!(
+                        "instance {}, rule {}: duplicate of rule {} ({}){}",
+                        inst.id,
+                        i + 1,
+                        j + 1,
+                        spec.rule,
+                        rules[j].id.map(|u| format!(", id {u}")).unwrap_or_default()
+                    ));
+                }
+                if spec.rule.opens_all_ports() && !spec.allow_all_ports {
+                    return Err(format!(
+                        "instance {}, rule {} ({}) opens every port to ingress; if that is really meant, \
+                         confirm it with `allow_all_ports: true`",
+                        inst.id,
+                        i + 1,
+                        spec.rule
+                    ));
+                }
+                if let Some(id) = spec.id
+                    && let Some(prev) = uuids.insert(id, &inst.id)
+                {
+                    return Err(format!("rule id {id} is used twice (instances {prev} and {})", inst.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!("invalid interface name `{name}`: 1-15 characters, no '/', ':' or spaces"));
+    }
+    Ok(())
+}
+
+/// Convenience for tests and the CLI: the rules of an instance as plain rules.
+pub fn plain_rules(specs: &[RuleSpec]) -> Vec<Rule> {
+    specs.iter().map(|s| s.rule.clone()).collect()
+}
+
+/// Whether a direction/ethertype pair has any rule (for listings).
+pub fn has_rules(specs: &[RuleSpec], direction: Direction, ethertype: EtherType) -> bool {
+    specs.iter().any(|s| s.rule.direction == direction && s.rule.ethertype == ethertype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<DesiredState, DesiredStateError> {
+        DesiredState::from_yaml(y, "test.yaml")
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let s = parse(
+            r#"
+instances:
+  - id: "937648"
+    interface: tap937648
+    os: linux
+    rules:
+      - direction: ingress
+        ethertype: IPv4
+        protocol: tcp
+        port_min: 22
+        port_max: 22
+        cidr: 0.0.0.0/0
+  - id: "892486"
+    interface: tap892486
+    os: windows
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.instances.len(), 2);
+        assert_eq!(s.instances[0].effective_rules().len(), 1);
+        assert_eq!(s.instances[1].effective_rules().len(), 6);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let e = parse("instances:\n  - id: a\n    interface: tap0\n    os: solaris\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.yaml:4:"), "{msg}");
+        assert!(msg.contains("solaris"), "{msg}");
+        let e = parse(
+            "instances:\n  - id: a\n    interface: tap0\n    os: linux\n    rules:\n      - direction: ingress\n        ethertype: IPv4\n        protocol: tcp\n        port_min: 22\n        cidr: 10.0.0.1/0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("test.yaml:"), "{e}");
+        assert!(e.contains("insecure"), "{e}");
+        let e = parse("instances:\n  - id: a\n    interface: tap0\n    os: linux\n    colour: red\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn document_level_errors() {
+        let dup = "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: a, interface: t1, os: linux}\n";
+        assert!(parse(dup).unwrap_err().to_string().contains("instance a is listed twice"));
+        let same_if = "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: b, interface: t0, os: linux}\n";
+        assert!(parse(same_if).unwrap_err().to_string().contains("both use interface t0"));
+        let wide = "instances:\n  - id: a\n    interface: t0\n    os: linux\n    rules:\n      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_min: 1, port_max: 65535}\n";
+        assert!(parse(wide).unwrap_err().to_string().contains("allow_all_ports"));
+        let wide_ok = "instances:\n  - id: a\n    interface: t0\n    os: linux\n    rules:\n      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_min: 1, port_max: 65535, allow_all_ports: true}\n";
+        assert!(parse(wide_ok).is_ok());
+        let dup_rule = "instances:\n  - id: a\n    interface: t0\n    os: linux\n    rules:\n      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_min: 22}\n      - {direction: ingress, ethertype: IPv4, protocol: 6, port_min: 22, port_max: 22, cidr: 0.0.0.0/0}\n";
+        assert!(parse(dup_rule).unwrap_err().to_string().contains("duplicate of rule 1"));
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let s = parse("instances:\n  - {id: a, interface: t0, os: windows}\n").unwrap();
+        let mut s2 = s.clone();
+        s2.instances[0].rules = Some(s.instances[0].effective_rules());
+        let text = serde_yaml::to_string(&s2).unwrap();
+        assert_eq!(parse(&text).unwrap(), s2);
+    }
+}
