@@ -144,9 +144,7 @@ impl FromStr for Protocol {
             "icmp" => Ok(Protocol::Icmp),
             "icmpv6" | "ipv6-icmp" => Ok(Protocol::Icmpv6),
             other => other.parse::<u8>().map(Protocol::from_number).map_err(|_| {
-                format!(
-                    "unknown protocol `{s}`: expected tcp, udp, icmp, icmpv6, any or a number 0-255"
-                )
+                format!("unknown protocol `{s}`: expected tcp, udp, icmp, icmpv6, any or a number 0-255")
             }),
         }
     }
@@ -170,9 +168,9 @@ impl<'de> Deserialize<'de> for Protocol {
             Str(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(n) => u8::try_from(n).map(Protocol::from_number).map_err(|_| {
-                serde::de::Error::custom(format!("protocol number {n} is out of range 0-255"))
-            }),
+            Raw::Num(n) => u8::try_from(n)
+                .map(Protocol::from_number)
+                .map_err(|_| serde::de::Error::custom(format!("protocol number {n} is out of range 0-255"))),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -201,11 +199,7 @@ impl PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.min == self.max {
-            write!(f, "{}", self.min)
-        } else {
-            write!(f, "{}-{}", self.min, self.max)
-        }
+        if self.min == self.max { write!(f, "{}", self.min) } else { write!(f, "{}-{}", self.min, self.max) }
     }
 }
 
@@ -213,9 +207,7 @@ impl FromStr for PortRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parse = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port `{p}`: expected a number 1-65535"))
+            p.trim().parse::<u16>().map_err(|_| format!("invalid port `{p}`: expected a number 1-65535"))
         };
         match s.split_once(['-', ':']) {
             Some((a, b)) => Ok(PortRange { min: parse(a)?, max: parse(b)? }),
@@ -460,8 +452,14 @@ mod tests {
         let err = rule("in 4 tcp 22 10.1.2.3/24").validate().unwrap_err();
         assert_eq!(err.to_string(), "cidr 10.1.2.3/24 has host bits set; did you mean 10.1.2.0/24?");
         assert!(matches!(rule("in 6 tcp 22 10.0.0.0/8").validate(), Err(RuleError::FamilyMismatch { .. })));
-        assert!(matches!(rule("in 4 icmp 22 0.0.0.0/0").validate(), Err(RuleError::PortsWithoutPortProtocol { .. })));
-        assert!(matches!(rule("in 4 tcp 30-20 0.0.0.0/0").validate(), Err(RuleError::PortRangeReversed { .. })));
+        assert!(matches!(
+            rule("in 4 icmp 22 0.0.0.0/0").validate(),
+            Err(RuleError::PortsWithoutPortProtocol { .. })
+        ));
+        assert!(matches!(
+            rule("in 4 tcp 30-20 0.0.0.0/0").validate(),
+            Err(RuleError::PortRangeReversed { .. })
+        ));
         assert!(matches!(rule("in 4 tcp 0-20 0.0.0.0/0").validate(), Err(RuleError::PortZero)));
         assert!(matches!(rule("in 4 icmpv6 ::/0").validate(), Err(RuleError::FamilyMismatch { .. })));
     }

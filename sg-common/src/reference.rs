@@ -7,7 +7,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice};
+use etherparse::{
+    Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
+};
 
 use crate::abi::{self, Reason};
 use crate::model::{Direction, Rule};
@@ -223,9 +225,15 @@ mod tests {
         assert_eq!(v(80), Reason::DropNoRule);
         assert_eq!(v(9833), Reason::DropNoRule);
         let win = default_rules(Os::Windows);
-        assert_eq!(classify(&win, Direction::Ingress, &tcp4([1, 2, 3, 4], [10, 0, 0, 2], 9833)), Reason::AllowRule);
+        assert_eq!(
+            classify(&win, Direction::Ingress, &tcp4([1, 2, 3, 4], [10, 0, 0, 2], 9833)),
+            Reason::AllowRule
+        );
         // Egress any: everything leaves.
-        assert_eq!(classify(&rules, Direction::Egress, &tcp4([10, 0, 0, 2], [1, 2, 3, 4], 80)), Reason::AllowRule);
+        assert_eq!(
+            classify(&rules, Direction::Egress, &tcp4([10, 0, 0, 2], [1, 2, 3, 4], 80)),
+            Reason::AllowRule
+        );
     }
 
     #[test]
@@ -233,7 +241,11 @@ mod tests {
         let rules = default_rules(Os::Linux);
         let full = tcp4([1, 2, 3, 4], [10, 0, 0, 2], 22);
         for len in 0..full.len() {
-            assert_eq!(classify(&rules, Direction::Ingress, &full[..len]), Reason::DropMalformed, "len {len}");
+            assert_eq!(
+                classify(&rules, Direction::Ingress, &full[..len]),
+                Reason::DropMalformed,
+                "len {len}"
+            );
         }
     }
 

@@ -33,7 +33,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_instances: 4096, max_rules_per_instance: 5000, max_entries_per_instance: DEFAULT_MAX_ENTRIES_PER_INSTANCE }
+        Limits {
+            max_instances: 4096,
+            max_rules_per_instance: 5000,
+            max_entries_per_instance: DEFAULT_MAX_ENTRIES_PER_INSTANCE,
+        }
     }
 }
 
@@ -41,18 +45,28 @@ impl Default for Limits {
 /// ids still unassigned).
 pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String, CompiledPolicy)>> {
     if state.instances.len() > limits.max_instances {
-        bail!("{} instances exceed the limit of {} instances per host (max_instances)", state.instances.len(), limits.max_instances);
+        bail!(
+            "{} instances exceed the limit of {} instances per host (max_instances)",
+            state.instances.len(),
+            limits.max_instances
+        );
     }
     let mut out = Vec::new();
     for inst in &state.instances {
         let Some(ifindex) = netns::ifindex(&inst.interface) else {
-            bail!("instance {}: interface {} does not exist (in this network namespace)", inst.id, inst.interface);
+            bail!(
+                "instance {}: interface {} does not exist (in this network namespace)",
+                inst.id,
+                inst.interface
+            );
         };
         let rules = plain_rules(&inst.effective_rules());
         if rules.len() > limits.max_rules_per_instance {
             bail!(
                 "instance {}: {} rules exceed the limit of {} rules per instance (max_rules_per_instance)",
-                inst.id, rules.len(), limits.max_rules_per_instance
+                inst.id,
+                rules.len(),
+                limits.max_rules_per_instance
             );
         }
         let compiled = compile(0, &rules);
@@ -60,7 +74,9 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String
             bail!(
                 "instance {}: its rules compile to {} map entries, over the limit of {} (max_entries_per_instance); \
                  overlapping port ranges with distinct CIDRs multiply entries",
-                inst.id, compiled.len(), limits.max_entries_per_instance
+                inst.id,
+                compiled.len(),
+                limits.max_entries_per_instance
             );
         }
         out.push((ifindex, inst.id.to_string(), compiled));
@@ -71,14 +87,23 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String
 /// Applies a validated desired state to the data plane.
 pub fn apply(dp: &mut Dataplane, state: &DesiredState, limits: &Limits) -> Result<()> {
     let prepared = prepare(state, limits)?;
-    let (ports, cidrs) = prepared.iter().fold((0, 0), |(p, c), (_, _, x)| (p + x.port_classes.len(), c + x.cidrs.len()));
+    let (ports, cidrs) =
+        prepared.iter().fold((0, 0), |(p, c), (_, _, x)| (p + x.port_classes.len(), c + x.cidrs.len()));
     // Old and new entries coexist until the switch: both must fit.
     let (live_ports, live_cidrs) = live_entry_counts(dp)?;
     if live_ports + ports > dp.capacity.port_class_entries as usize {
-        bail!("port-class map would hold {} entries, over its capacity of {} (port_class_entries)", live_ports + ports, dp.capacity.port_class_entries);
+        bail!(
+            "port-class map would hold {} entries, over its capacity of {} (port_class_entries)",
+            live_ports + ports,
+            dp.capacity.port_class_entries
+        );
     }
     if live_cidrs + cidrs > dp.capacity.cidr_entries as usize {
-        bail!("cidr map would hold {} entries, over its capacity of {} (cidr_entries)", live_cidrs + cidrs, dp.capacity.cidr_entries);
+        bail!(
+            "cidr map would hold {} entries, over its capacity of {} (cidr_entries)",
+            live_cidrs + cidrs,
+            dp.capacity.cidr_entries
+        );
     }
 
     let result = write_and_bind(dp, prepared);
@@ -130,4 +155,19 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<(u32, String, CompiledPolicy
 fn live_entry_counts(dp: &mut Dataplane) -> Result<(usize, usize)> {
     // Everything stored counts, live and garbage alike: an upper bound.
     dp.entry_counts()
+}
+
+/// Replaces the rules bound to one interface (compile under a fresh id, write, switch,
+/// collect the old entries). The primitive behind verdict tests and benchmarks; the
+/// interface need not have programs attached.
+pub fn replace_rules(dp: &mut Dataplane, ifindex: u32, rules: &[sg_common::model::Rule]) -> Result<u32> {
+    let policy_id = dp.fresh_policy_id()?;
+    let compiled = compile(policy_id, rules);
+    if let Err(e) = dp.write_policy(&compiled) {
+        dp.collect_garbage()?;
+        return Err(e);
+    }
+    dp.bind(ifindex, IfacePolicy { policy_id, flags: 0 })?;
+    dp.collect_garbage()?;
+    Ok(policy_id)
 }

@@ -113,7 +113,13 @@ pub fn compile(policy_id: u32, rules: &[Rule]) -> CompiledPolicy {
     out
 }
 
-fn emit_cidrs(out: &mut CompiledPolicy, policy_id: u32, class_id: u32, set: &BTreeSet<usize>, rules: &[Rule]) {
+fn emit_cidrs(
+    out: &mut CompiledPolicy,
+    policy_id: u32,
+    class_id: u32,
+    set: &BTreeSet<usize>,
+    rules: &[Rule],
+) {
     // Same CIDR twice in a class: keep the first rule (lowest index) as the match.
     let mut seen: BTreeMap<IpNet, usize> = BTreeMap::new();
     for &i in set {
@@ -273,14 +279,33 @@ mod tests {
             Just(Protocol::Number(47))
         ];
         let port = prop_oneof![Just(1u16), Just(22), Just(80), Just(443), Just(1024), Just(65535), 1u16..];
-        (any::<bool>(), any::<bool>(), proto, port.clone(), port, 0u8..=32, any::<[u8; 4]>(), 0u8..=128, any::<bool>())
+        (
+            any::<bool>(),
+            any::<bool>(),
+            proto,
+            port.clone(),
+            port,
+            0u8..=32,
+            any::<[u8; 4]>(),
+            0u8..=128,
+            any::<bool>(),
+        )
             .prop_map(|(ing, v4, protocol, a, b, len4, a4, len6, with_ports)| {
                 let direction = if ing { Direction::Ingress } else { Direction::Egress };
                 let (ethertype, cidr) = if v4 {
                     let net: IpNet = ipnet::Ipv4Net::new(a4.into(), len4).unwrap().trunc().into();
                     (EtherType::IPv4, net)
                 } else {
-                    let addr = std::net::Ipv6Addr::new(0xfd00, u16::from(a4[0] & 3), 0, 0, 0, 0, 0, u16::from(a4[1]));
+                    let addr = std::net::Ipv6Addr::new(
+                        0xfd00,
+                        u16::from(a4[0] & 3),
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        u16::from(a4[1]),
+                    );
                     (EtherType::IPv6, ipnet::Ipv6Net::new(addr, len6).unwrap().trunc().into())
                 };
                 let mut rule = Rule::new(direction, ethertype, protocol, cidr);

@@ -20,8 +20,8 @@ use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
-    self, CidrKey, CidrMatch, IfacePolicy, MAP_CIDR_ALLOW, MAP_IFACE_POLICY, MAP_PORT_CLASS, MAP_VERDICT_STATS,
-    PortClass, PortClassKey, Reason,
+    self, CidrKey, CidrMatch, IfacePolicy, MAP_CIDR_ALLOW, MAP_IFACE_POLICY, MAP_PORT_CLASS,
+    MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
 };
 use tracing::{debug, info};
 
@@ -139,8 +139,11 @@ impl Dataplane {
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
         let xdp_pin = self.link_pin("xdp", ifindex);
         if !xdp_pin.exists() {
-            let mut prog = Xdp::from_pin(self.prog_pin("prog_egress"), aya_obj::programs::XdpAttachType::Interface)?;
-            let id = prog.attach(ifindex, XdpMode::Default).with_context(|| format!("attaching XDP to ifindex {ifindex}"))?;
+            let mut prog =
+                Xdp::from_pin(self.prog_pin("prog_egress"), aya_obj::programs::XdpAttachType::Interface)?;
+            let id = prog
+                .attach(ifindex, XdpMode::Default)
+                .with_context(|| format!("attaching XDP to ifindex {ifindex}"))?;
             let link: FdLink = prog.take_link(id)?.try_into().context("XDP link is not a bpf_link")?;
             link.pin(&xdp_pin).context("pinning XDP link")?;
             debug!(ifindex, "attached XDP");
@@ -148,7 +151,9 @@ impl Dataplane {
         let tc_pin = self.link_pin("tc", ifindex);
         if !tc_pin.exists() {
             let mut prog = SchedClassifier::from_pin(self.prog_pin("prog_ingress"))?;
-            let id = prog.attach(ifindex, TcAttachType::Egress).with_context(|| format!("attaching TC to ifindex {ifindex}"))?;
+            let id = prog
+                .attach(ifindex, TcAttachType::Egress)
+                .with_context(|| format!("attaching TC to ifindex {ifindex}"))?;
             let link: FdLink = prog.take_link(id)?.try_into().context("TC link is not a bpf_link (tcx)")?;
             link.pin(&tc_pin).context("pinning TC link")?;
             debug!(ifindex, "attached TC (tcx egress)");
@@ -161,7 +166,8 @@ impl Dataplane {
         for hook in ["xdp", "tc"] {
             let pin = self.link_pin(hook, ifindex);
             if pin.exists() {
-                let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+                let link =
+                    PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
                 drop(link.unpin()?);
             }
         }
@@ -204,9 +210,9 @@ impl Dataplane {
         let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
             LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
         for e in &policy.cidrs {
-            cidrs
-                .insert(&Key::new(e.prefix_len, e.key), &e.value, 0)
-                .map_err(|err| anyhow!("writing CIDR_ALLOW (capacity {}): {err}", self.capacity.cidr_entries))?;
+            cidrs.insert(&Key::new(e.prefix_len, e.key), &e.value, 0).map_err(|err| {
+                anyhow!("writing CIDR_ALLOW (capacity {}): {err}", self.capacity.cidr_entries)
+            })?;
         }
         Ok(())
     }

@@ -212,7 +212,9 @@ impl DesiredState {
             }
             let rules = inst.effective_rules();
             for (i, spec) in rules.iter().enumerate() {
-                spec.rule.validate().map_err(|e: RuleError| format!("instance {}, rule {}: {e}", inst.id, i + 1))?;
+                spec.rule
+                    .validate()
+                    .map_err(|e: RuleError| format!("instance {}, rule {}: {e}", inst.id, i + 1))?;
                 if let Some(j) = rules[..i].iter().position(|o| o.rule == spec.rule) {
                     return Err(format!(
                         "instance {}, rule {}: duplicate of rule {} ({}){}",
@@ -316,9 +318,11 @@ instances:
 
     #[test]
     fn document_level_errors() {
-        let dup = "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: a, interface: t1, os: linux}\n";
+        let dup =
+            "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: a, interface: t1, os: linux}\n";
         assert!(parse(dup).unwrap_err().to_string().contains("instance a is listed twice"));
-        let same_if = "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: b, interface: t0, os: linux}\n";
+        let same_if =
+            "instances:\n  - {id: a, interface: t0, os: linux}\n  - {id: b, interface: t0, os: linux}\n";
         assert!(parse(same_if).unwrap_err().to_string().contains("both use interface t0"));
         let wide = "instances:\n  - id: a\n    interface: t0\n    os: linux\n    rules:\n      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_min: 1, port_max: 65535}\n";
         assert!(parse(wide).unwrap_err().to_string().contains("allow_all_ports"));

@@ -11,3 +11,4 @@ pub mod desired;
 pub mod netns;
 pub mod plan;
 pub mod state;
+pub mod testrun;

@@ -12,9 +12,9 @@ use sg_common::model::{Direction, EtherType, Os, PortRange, Protocol, Rule};
 use sg_daemon::apply::{self, Limits};
 use sg_daemon::dataplane::{Capacity, Dataplane};
 use sg_daemon::desired::{DesiredState, InstanceId, InstanceSpec, RuleSpec, validate_ifname};
+use sg_daemon::netns;
 use sg_daemon::plan::plan;
 use sg_daemon::state::StateStore;
-use sg_daemon::netns;
 
 #[derive(Parser)]
 #[command(name = "sg-daemon", version, about = "Security-group enforcement with eBPF")]
@@ -178,11 +178,17 @@ fn run(cli: Cli) -> Result<()> {
             let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
             let counts = dp.verdict_counts()?;
             if g.output == Output::Json {
-                let m: std::collections::BTreeMap<&str, u64> = counts.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+                let m: std::collections::BTreeMap<&str, u64> =
+                    counts.iter().map(|(r, n)| (r.as_str(), *n)).collect();
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
                 for (reason, n) in counts {
-                    println!("{:<12} {:>12}  {}", reason.as_str(), n, if reason.is_allow() { "pass" } else { "drop" });
+                    println!(
+                        "{:<12} {:>12}  {}",
+                        reason.as_str(),
+                        n,
+                        if reason.is_allow() { "pass" } else { "drop" }
+                    );
                 }
             }
             Ok(())
@@ -245,7 +251,12 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>) -> Result<()> 
                 let rows: Vec<Row> = state
                     .instances
                     .iter()
-                    .map(|i| Row { id: i.id.as_str(), interface: &i.interface, os: i.os, rules: i.effective_rules().len() })
+                    .map(|i| Row {
+                        id: i.id.as_str(),
+                        interface: &i.interface,
+                        os: i.os,
+                        rules: i.effective_rules().len(),
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -256,7 +267,11 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>) -> Result<()> 
             }
         }
         Some(id) => {
-            let inst = state.instances.iter().find(|i| i.id.as_str() == id).with_context(|| format!("no instance {id}"))?;
+            let inst = state
+                .instances
+                .iter()
+                .find(|i| i.id.as_str() == id)
+                .with_context(|| format!("no instance {id}"))?;
             let rows: Vec<RuleRow> = inst
                 .effective_rules()
                 .iter()
@@ -282,8 +297,13 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>) -> Result<()> 
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} {}",
-                    "Direction", "Internet protocol", "Port (minimum)", "Port (maximum)", "Protocol", "CIDR", "Rule ID"
+                    "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} Rule ID",
+                    "Direction",
+                    "Internet protocol",
+                    "Port (minimum)",
+                    "Port (maximum)",
+                    "Protocol",
+                    "CIDR",
                 );
                 let opt = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 for r in rows {
@@ -307,7 +327,8 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>) -> Result<()> 
 fn create(g: &Global, a: CreateArgs) -> Result<()> {
     let store = StateStore::open_locked(&g.state_dir)?;
     let mut state = store.load()?;
-    let ethertype = if a.ipv6 || matches!(a.cidr, Some(IpNet::V6(_))) { EtherType::IPv6 } else { EtherType::IPv4 };
+    let ethertype =
+        if a.ipv6 || matches!(a.cidr, Some(IpNet::V6(_))) { EtherType::IPv6 } else { EtherType::IPv4 };
     let direction = if a.ingress { Direction::Ingress } else { Direction::Egress };
     let rule = Rule {
         direction,
@@ -354,7 +375,11 @@ fn remove_rule(g: &Global, prefix: &str) -> Result<()> {
     let all: Vec<(String, uuid::Uuid, String)> = state
         .instances
         .iter()
-        .flat_map(|i| i.effective_rules().into_iter().filter_map(move |s| s.id.map(|u| (i.id.to_string(), u, s.rule.to_string()))))
+        .flat_map(|i| {
+            i.effective_rules()
+                .into_iter()
+                .filter_map(move |s| s.id.map(|u| (i.id.to_string(), u, s.rule.to_string())))
+        })
         .collect();
     let prefix_lc = prefix.to_ascii_lowercase();
     let candidates: Vec<&(String, uuid::Uuid, String)> =

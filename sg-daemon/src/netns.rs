@@ -16,7 +16,8 @@ pub fn enter(name: &str) -> Result<()> {
     let f = File::open(&path).with_context(|| format!("network namespace {name} not found ({path})"))?;
     // SAFETY: setns with a valid namespace fd.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering network namespace {name}"));
     }
     Ok(())
 }

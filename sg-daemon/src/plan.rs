@@ -66,7 +66,11 @@ pub fn plan(current: &DesiredState, desired: &DesiredState) -> (DesiredState, Pl
         inst.rules = Some(rules);
         match before {
             None => plan.instances_added.push(inst.id.clone()),
-            Some(b) if b.interface == inst.interface && b.os == inst.os && b.effective_rules() == inst.effective_rules() => {
+            Some(b)
+                if b.interface == inst.interface
+                    && b.os == inst.os
+                    && b.effective_rules() == inst.effective_rules() =>
+            {
                 plan.instances_unchanged.push(inst.id.clone())
             }
             Some(_) => plan.instances_changed.push(inst.id.clone()),
@@ -94,7 +98,11 @@ impl fmt::Display for Plan {
             self.instances_changed.len(),
             self.instances_unchanged.len()
         )?;
-        for (label, ids) in [("add", &self.instances_added), ("remove", &self.instances_removed), ("change", &self.instances_changed)] {
+        for (label, ids) in [
+            ("add", &self.instances_added),
+            ("remove", &self.instances_removed),
+            ("change", &self.instances_changed),
+        ] {
             if !ids.is_empty() {
                 writeln!(f, "  {label} instance: {}", list(ids))?;
             }

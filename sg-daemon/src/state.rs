@@ -47,7 +47,8 @@ impl StateStore {
         if !path.exists() {
             return Ok(DesiredState::default());
         }
-        DesiredState::from_file(&path).with_context(|| format!("stored state {} is unreadable", path.display()))
+        DesiredState::from_file(&path)
+            .with_context(|| format!("stored state {} is unreadable", path.display()))
     }
 
     pub fn save(&self, state: &DesiredState) -> Result<()> {

@@ -1,8 +1,6 @@
 //! Rule lookup: two LPM lookups whatever the number of rules (see `sg_common::abi`).
 use aya_ebpf::maps::lpm_trie::Key;
-use sg_common::abi::{
-    CIDR_KEY_FIXED_BITS, CidrKey, DIR_INGRESS, IfacePolicy, PortClassKey, Reason,
-};
+use sg_common::abi::{CIDR_KEY_FIXED_BITS, CidrKey, DIR_INGRESS, IfacePolicy, PortClassKey, Reason};
 
 use crate::{
     maps::{CIDR_ALLOW, IFACE_POLICY, PORT_CLASS},

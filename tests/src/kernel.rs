@@ -1,0 +1,153 @@
+//! Fixture for verdict tests: the real kernel programs, loaded into a private pin
+//! directory, run on frames with `BPF_PROG_TEST_RUN`, with the verdict *reason* read
+//! back from the per-CPU counters so it can be compared with the reference model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Result;
+use sg_common::abi::Reason;
+use sg_common::model::{Direction, Rule};
+use sg_daemon::apply::replace_rules;
+use sg_daemon::dataplane::{Capacity, Dataplane};
+use sg_daemon::testrun::{TEST_RUN_IFINDEX, TestRunner};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A private data plane under `/sys/fs/bpf/sg-test-<pid>-<n>`, removed on drop.
+pub struct KernelFixture {
+    dir: PathBuf,
+    /// The data plane, for direct map access.
+    pub dp: Dataplane,
+    runner: TestRunner,
+}
+
+impl KernelFixture {
+    /// Loads the programs into a fresh pin directory.
+    pub fn new() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/sys/fs/bpf/sg-test-{}-{n}", std::process::id()));
+        Dataplane::uninstall(&dir)?;
+        let dp = Dataplane::open(&dir, Capacity::default())?;
+        let runner = TestRunner::open(&dir)?;
+        Ok(KernelFixture { dir, dp, runner })
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Binds the test-run interface (loopback) to `rules`.
+    pub fn set_rules(&mut self, rules: &[Rule]) -> Result<()> {
+        replace_rules(&mut self.dp, TEST_RUN_IFINDEX, rules)?;
+        Ok(())
+    }
+
+    /// Removes the binding: the interface is unmanaged.
+    pub fn unmanage(&mut self) -> Result<()> {
+        self.dp.unbind(TEST_RUN_IFINDEX)
+    }
+
+    /// Runs one frame; returns whether it passed and the reason the kernel counted
+    /// (`None` when nothing was counted: the interface is unmanaged).
+    pub fn verdict(&self, direction: Direction, frame: &[u8]) -> Result<(bool, Option<Reason>)> {
+        let before = self.dp.verdict_counts()?;
+        let run = self.runner.run(direction, frame, 1)?;
+        let after = self.dp.verdict_counts()?;
+        let counted: Vec<Reason> = after
+            .iter()
+            .filter(|(r, n)| before.get(r).copied().unwrap_or(0) < **n)
+            .map(|(r, _)| *r)
+            .collect();
+        anyhow::ensure!(counted.len() <= 1, "one packet counted under several reasons: {counted:?}");
+        Ok((run.pass, counted.first().copied()))
+    }
+
+    /// The test-run handle of the pinned programs.
+    pub fn runner(&self) -> &TestRunner {
+        &self.runner
+    }
+
+    /// Packets per verdict reason so far.
+    pub fn counts(&self) -> Result<BTreeMap<Reason, u64>> {
+        self.dp.verdict_counts()
+    }
+}
+
+impl Drop for KernelFixture {
+    fn drop(&mut self) {
+        let _ = Dataplane::uninstall(&self.dir);
+    }
+}
+
+/// Frame builders (etherparse) for tests.
+#[allow(missing_docs)]
+pub mod frames {
+    use etherparse::PacketBuilder;
+    use std::net::IpAddr;
+
+    pub const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    pub const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    /// Transport of a test frame.
+    #[derive(Clone, Copy, Debug)]
+    pub enum L4 {
+        Tcp { sport: u16, dport: u16, flags: u8 },
+        Udp { sport: u16, dport: u16 },
+        Icmp { kind: u8, code: u8, id: u16 },
+        Other { protocol: u8 },
+    }
+
+    pub fn frame(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(MAC_A, MAC_B);
+        let ip = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            _ => panic!("mixed address families"),
+        };
+        let mut out = Vec::new();
+        match l4 {
+            L4::Tcp { sport, dport, flags } => {
+                let mut b = ip.tcp(sport, dport, 1000, 65535);
+                if flags & 0x02 != 0 {
+                    b = b.syn();
+                }
+                if flags & 0x10 != 0 {
+                    b = b.ack(1);
+                }
+                if flags & 0x01 != 0 {
+                    b = b.fin();
+                }
+                if flags & 0x04 != 0 {
+                    b = b.rst();
+                }
+                b.write(&mut out, payload).unwrap();
+            }
+            L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut out, payload).unwrap(),
+            L4::Icmp { kind, code, id } => {
+                let v6 = src.is_ipv6();
+                if v6 {
+                    let t = etherparse::Icmpv6Type::Unknown {
+                        type_u8: kind,
+                        code_u8: code,
+                        bytes5to8: [(id >> 8) as u8, id as u8, 0, 1],
+                    };
+                    ip.icmpv6(t).write(&mut out, payload).unwrap();
+                } else {
+                    let t = etherparse::Icmpv4Type::Unknown {
+                        type_u8: kind,
+                        code_u8: code,
+                        bytes5to8: [(id >> 8) as u8, id as u8, 0, 1],
+                    };
+                    ip.icmpv4(t).write(&mut out, payload).unwrap();
+                }
+            }
+            L4::Other { protocol } => {
+                ip.write(&mut out, etherparse::IpNumber(protocol), payload).unwrap();
+            }
+        }
+        out
+    }
+}
