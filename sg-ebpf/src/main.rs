@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod classify;
 mod maps;
 mod parse;
