@@ -27,8 +27,8 @@ use tracing::{debug, info};
 
 use crate::compile::CompiledPolicy;
 
-/// The eBPF object built by `build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
+/// The eBPF object built by `build.rs` (also holds the `sg_bench_*` baseline programs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf"));
 
 /// Map capacities, configurable; exceeding one is an error at apply time.
 #[derive(Clone, Copy, Debug)]
