@@ -62,7 +62,9 @@ link tap-win sg-demo-win 2
 link uplink sg-demo-remote 9
 
 serve() { # ns proto port
-  ip netns exec "$1" socat "$2-LISTEN:$3,fork,reuseaddr" EXEC:"echo ok" >/dev/null 2>&1 &
+  local opts="fork,reuseaddr"
+  [[ $2 == TCP6 ]] && opts="$opts,ipv6only=1"  # else it races the TCP4 listener for the port
+  ip netns exec "$1" socat "$2-LISTEN:$3,$opts" EXEC:"echo ok" >/dev/null 2>&1 &
   PIDS+=($!)
 }
 for n in sg-demo-linux sg-demo-win; do
@@ -104,7 +106,7 @@ probes() {
     for p in 22 443 80 9833; do report "tcp/$p   10.70.9.2 -> 10.70.$i.2" tcp sg-demo-remote "10.70.$i.2" "$p"; done
     report "icmp echo 10.70.9.2 -> 10.70.$i.2" icmp sg-demo-remote "10.70.$i.2"
     report "tcp/22 over IPv6 fd70:9::2 -> fd70:$i::2" tcp sg-demo-remote "[fd70:$i::2]" 22
-    echo "  -- $name instance -> remote (egress, replies need connection tracking)"
+    echo "  -- $name instance -> remote (egress; replies ride connection tracking)"
     report "tcp/80   10.70.$i.2 -> 10.70.9.2" tcp "sg-demo-$name" 10.70.9.2 80
     report "udp/53   10.70.$i.2 -> 10.70.9.2" udp "sg-demo-$name" 10.70.9.2 53
     report "icmp echo 10.70.$i.2 -> 10.70.9.2" icmp "sg-demo-$name" 10.70.9.2

@@ -126,10 +126,18 @@ pub enum Reason {
     DropEtherType = 5,
     /// An IPv6 extension-header chain longer than the parser follows.
     DropExtHeaders = 6,
+    /// Allowed as part of a tracked connection (a reply, or later packets of a flow a
+    /// rule allowed).
+    AllowTracked = 7,
+    /// An ICMP error (unreachable, packet too big, time exceeded, parameter problem)
+    /// about a tracked connection, allowed to its endpoint.
+    AllowRelated = 8,
+    /// A tracked flow whose allowing rule is gone: the flow is cut at this packet.
+    DropRevoked = 9,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::AllowRule,
         Reason::AllowInfra,
@@ -138,10 +146,13 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropEtherType,
         Reason::DropExtHeaders,
+        Reason::AllowTracked,
+        Reason::AllowRelated,
+        Reason::DropRevoked,
     ];
 
     pub const fn is_allow(self) -> bool {
-        matches!(self, Reason::AllowRule | Reason::AllowInfra)
+        matches!(self, Reason::AllowRule | Reason::AllowInfra | Reason::AllowTracked | Reason::AllowRelated)
     }
 
     pub const fn as_str(self) -> &'static str {
@@ -153,7 +164,143 @@ impl Reason {
             Reason::DropFragment => "fragment",
             Reason::DropEtherType => "ethertype",
             Reason::DropExtHeaders => "ext-headers",
+            Reason::AllowTracked => "allow-tracked",
+            Reason::AllowRelated => "allow-related",
+            Reason::DropRevoked => "revoked",
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Connection tracking.
+//
+// Flows are keyed from the instance's point of view (instance address/port, remote
+// address/port), so both directions of a flow find the same key without reversing.
+// Two LRU maps: `CT_NEW` holds flows that have not been confirmed (TCP before the
+// handshake completes, UDP/ICMP/other before a reply); `CT` holds confirmed flows.
+// A flood of new flows (spoofed SYNs, say) only churns `CT_NEW` and cannot evict the
+// established flows in `CT`.
+
+/// `CtKey -> CtEntry`: confirmed flows (LRU).
+pub const MAP_CT: &str = "CT";
+/// `CtKey -> CtEntry`: unconfirmed flows (LRU).
+pub const MAP_CT_NEW: &str = "CT_NEW";
+/// Array `0 -> CtTimeouts`.
+pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub protocol: u8,
+    /// Instance-side port (tcp/udp), ICMP echo identifier, else 0.
+    pub port_inst: u16,
+    /// Remote port (tcp/udp), ICMP echo identifier, else 0.
+    pub port_remote: u16,
+    pub _pad: u16,
+    pub addr_inst: [u8; 16],
+    pub addr_remote: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// bpf_ktime_get_ns() of the last packet.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    /// Policy the flow was last checked against; when the interface's policy differs,
+    /// the opening packet is re-classified before anything rides the entry.
+    pub policy_id: u32,
+    /// Port key (`dport`, or ICMP `type << 8 | code`) of the opening packet.
+    pub orig_port_key: u16,
+    /// Direction (`DIR_*`) of the packet that opened the flow.
+    pub origin: u8,
+    /// `CT_*` state.
+    pub state: u8,
+}
+
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_SYN_RECV: u8 = 2;
+pub const CT_TCP_ESTABLISHED: u8 = 3;
+/// A FIN was seen.
+pub const CT_TCP_CLOSING: u8 = 4;
+/// An RST was seen.
+pub const CT_TCP_CLOSED: u8 = 5;
+/// Non-TCP flow, no reply yet.
+pub const CT_UNREPLIED: u8 = 6;
+/// Non-TCP flow that saw a reply.
+pub const CT_REPLIED: u8 = 7;
+
+/// Idle timeouts in seconds (value of `CT_CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+    pub other: u32,
+    pub _pad: u32,
+}
+
+impl CtTimeouts {
+    /// Defaults: AWS's 5 days for established TCP (a security group must not cut idle
+    /// SSH sessions), Cilium's 60 s / 10 s for handshakes and closing, AWS's 30 s /
+    /// 180 s for UDP one-shot / stream, 30 s ICMP, 60 s other protocols.
+    pub const DEFAULT: CtTimeouts = CtTimeouts {
+        tcp_syn: 60,
+        tcp_established: 432_000,
+        tcp_closing: 10,
+        udp: 30,
+        udp_stream: 180,
+        icmp: 30,
+        other: 60,
+        _pad: 0,
+    };
+
+    /// Idle timeout of an entry in `state` for `protocol`, in seconds.
+    pub const fn for_state(&self, protocol: u8, state: u8) -> u32 {
+        match state {
+            CT_TCP_SYN_SENT | CT_TCP_SYN_RECV => self.tcp_syn,
+            CT_TCP_ESTABLISHED => self.tcp_established,
+            CT_TCP_CLOSING | CT_TCP_CLOSED => self.tcp_closing,
+            _ => match protocol {
+                IPPROTO_UDP => {
+                    if state == CT_REPLIED {
+                        self.udp_stream
+                    } else {
+                        self.udp
+                    }
+                }
+                IPPROTO_ICMP | IPPROTO_ICMPV6 => self.icmp,
+                _ => self.other,
+            },
+        }
+    }
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// ICMP echo request/reply types.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// ICMP error types that quote the offending packet (IPv4: unreachable, time exceeded,
+/// parameter problem; IPv6: unreachable, packet too big, time exceeded, parameter
+/// problem).
+pub const fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        IPPROTO_ICMP => matches!(icmp_type, 3 | 11 | 12),
+        IPPROTO_ICMPV6 => matches!(icmp_type, 1..=4),
+        _ => false,
     }
 }
 
@@ -171,6 +318,9 @@ const _: () = {
     assert!(size_of::<CidrKey>() == 24);
     assert!(align_of::<CidrKey>() == 4);
     assert!(size_of::<CidrMatch>() == 4);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<CtTimeouts>() == 32);
     assert!(size_of::<LpmKey<PortClassKey>>() == 16);
     assert!(size_of::<LpmKey<CidrKey>>() == 28);
     assert!(PORT_KEY_PORT_OFFSET_BITS + 16 <= 8 * size_of::<PortClassKey>() as u32);
@@ -185,4 +335,7 @@ mod pod {
     unsafe impl aya::Pod for PortClass {}
     unsafe impl aya::Pod for CidrKey {}
     unsafe impl aya::Pod for CidrMatch {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtTimeouts {}
 }

@@ -8,6 +8,8 @@
 pub mod abi;
 
 #[cfg(feature = "user")]
+pub mod conntrack;
+#[cfg(feature = "user")]
 pub mod model;
 #[cfg(feature = "user")]
 pub mod reference;

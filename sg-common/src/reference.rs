@@ -49,6 +49,19 @@ pub struct IpPacket {
     pub src_port: u16,
     /// TCP flags byte, 0 for other protocols.
     pub tcp_flags: u8,
+    /// For ICMP errors: the quoted packet's tuple, when it could be read.
+    pub inner: Option<InnerPacket>,
+}
+
+/// The header of the packet an ICMP error quotes (the packet that caused it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InnerPacket {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    /// Ports (tcp/udp) or the echo identifier in both (icmp echo), else 0.
+    pub src_port: u16,
+    pub dst_port: u16,
 }
 
 impl IpPacket {
@@ -156,7 +169,7 @@ fn parse_l4(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Frame {
     if l4.len() < l4_min_len(protocol) {
         return Frame::Decided(Reason::DropMalformed);
     }
-    let mut pkt = IpPacket { src, dst, protocol, port_key: 0, src_port: 0, tcp_flags: 0 };
+    let mut pkt = IpPacket { src, dst, protocol, port_key: 0, src_port: 0, tcp_flags: 0, inner: None };
     match protocol {
         abi::IPPROTO_TCP => {
             let Ok(tcp) = TcpHeaderSlice::from_slice(l4) else {
@@ -176,10 +189,44 @@ fn parse_l4(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Frame {
             }
             pkt.port_key = u16::from_be_bytes([l4[0], l4[1]]);
             pkt.src_port = u16::from_be_bytes([l4[4], l4[5]]);
+            if abi::is_icmp_error(protocol, l4[0]) {
+                pkt.inner = parse_inner(&l4[8..]);
+            }
         }
         _ => {}
     }
     Frame::Ip(pkt)
+}
+
+/// Reads the quoted header of an ICMP error: an IPv4 header (with options) or a bare
+/// IPv6 header, then 8 bytes of its transport header. Anything else: `None` (the error
+/// is then judged by the rules alone).
+fn parse_inner(bytes: &[u8]) -> Option<InnerPacket> {
+    let (src, dst, protocol, l4) = match bytes.first()? >> 4 {
+        4 => {
+            let ip = Ipv4HeaderSlice::from_slice(bytes).ok()?;
+            let rest = &bytes[ip.slice().len()..];
+            (IpAddr::V4(ip.source_addr()), IpAddr::V4(ip.destination_addr()), ip.protocol().0, rest)
+        }
+        6 => {
+            let ip = Ipv6HeaderSlice::from_slice(bytes).ok()?;
+            let rest = &bytes[ip.slice().len()..];
+            (IpAddr::V6(ip.source_addr()), IpAddr::V6(ip.destination_addr()), ip.next_header().0, rest)
+        }
+        _ => return None,
+    };
+    let h = l4.get(..8)?;
+    let (src_port, dst_port) = match protocol {
+        abi::IPPROTO_TCP | abi::IPPROTO_UDP => {
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]))
+        }
+        abi::IPPROTO_ICMP | abi::IPPROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Some(InnerPacket { src, dst, protocol, src_port, dst_port })
 }
 
 /// The verdict of the rules alone for an IP packet: the index of the first rule that

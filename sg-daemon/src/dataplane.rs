@@ -16,12 +16,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::Ebpf;
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
-    self, CidrKey, CidrMatch, IfacePolicy, MAP_CIDR_ALLOW, MAP_IFACE_POLICY, MAP_PORT_CLASS,
-    MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
+    self, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, MAP_CIDR_ALLOW, MAP_CT, MAP_CT_CONFIG,
+    MAP_CT_NEW, MAP_IFACE_POLICY, MAP_PORT_CLASS, MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
 };
 use tracing::{debug, info};
 
@@ -36,11 +36,21 @@ pub struct Capacity {
     pub interfaces: u32,
     pub port_class_entries: u32,
     pub cidr_entries: u32,
+    /// Confirmed (established / replied) flows.
+    pub ct_entries: u32,
+    /// Unconfirmed flows (handshakes, unreplied).
+    pub ct_new_entries: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
-        Capacity { interfaces: 4096, port_class_entries: 262_144, cidr_entries: 262_144 }
+        Capacity {
+            interfaces: 4096,
+            port_class_entries: 262_144,
+            cidr_entries: 262_144,
+            ct_entries: 262_144,
+            ct_new_entries: 65_536,
+        }
     }
 }
 
@@ -89,6 +99,8 @@ impl Dataplane {
             .map_max_entries(MAP_IFACE_POLICY, capacity.interfaces)
             .map_max_entries(MAP_PORT_CLASS, capacity.port_class_entries)
             .map_max_entries(MAP_CIDR_ALLOW, capacity.cidr_entries)
+            .map_max_entries(MAP_CT, capacity.ct_entries)
+            .map_max_entries(MAP_CT_NEW, capacity.ct_new_entries)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity };
@@ -300,6 +312,35 @@ impl Dataplane {
         for reason in Reason::ALL {
             let per_cpu = stats.get(&(reason as u32), 0)?;
             out.insert(reason, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Sets the connection-tracking idle timeouts.
+    pub fn set_timeouts(&mut self, timeouts: &CtTimeouts) -> Result<()> {
+        let mut cfg: Array<&mut MapData, CtTimeouts> =
+            Array::try_from(self.ebpf.map_mut(MAP_CT_CONFIG).context("CT_CONFIG map")?)?;
+        cfg.set(0, timeouts, 0).context("writing CT_CONFIG")?;
+        Ok(())
+    }
+
+    /// The timeouts in force (all-zero config means the built-in defaults).
+    pub fn timeouts(&self) -> Result<CtTimeouts> {
+        let cfg: Array<&MapData, CtTimeouts> = Array::try_from(self.ebpf.map(MAP_CT_CONFIG).context("CT_CONFIG map")?)?;
+        let t = cfg.get(&0, 0)?;
+        Ok(if t.tcp_established == 0 { CtTimeouts::DEFAULT } else { t })
+    }
+
+    /// Every tracked flow: (key, entry, confirmed).
+    pub fn flows(&self) -> Result<Vec<(CtKey, CtEntry, bool)>> {
+        let mut out = Vec::new();
+        for (name, confirmed) in [(MAP_CT, true), (MAP_CT_NEW, false)] {
+            let map: BpfHashMap<&MapData, CtKey, CtEntry> =
+                BpfHashMap::try_from(self.ebpf.map(name).with_context(|| format!("{name} map"))?)?;
+            for item in map.iter() {
+                let (k, v) = item?;
+                out.push((k, v, confirmed));
+            }
         }
         Ok(out)
     }

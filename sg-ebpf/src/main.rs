@@ -10,6 +10,7 @@
 
 mod bench;
 mod classify;
+mod conntrack;
 mod maps;
 mod parse;
 mod verdict;

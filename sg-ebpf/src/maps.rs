@@ -3,9 +3,9 @@
 //! from the configured limits.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use sg_common::abi::{CidrKey, CidrMatch, IfacePolicy, PortClass, PortClassKey, Reason};
+use sg_common::abi::{CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, PortClass, PortClassKey, Reason};
 
 /// ifindex -> policy of the instance behind it.
 #[map]
@@ -22,3 +22,15 @@ pub static CIDR_ALLOW: LpmTrie<CidrKey, CidrMatch> = LpmTrie::pinned(262_144, 0)
 /// Reason -> packets, per CPU.
 #[map]
 pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Confirmed flows: CtKey -> CtEntry (LRU).
+#[map]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// Unconfirmed flows (handshake incomplete / no reply yet): CtKey -> CtEntry (LRU).
+#[map]
+pub static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(65_536, 0);
+
+/// 0 -> idle timeouts in seconds (all zero = built-in defaults).
+#[map]
+pub static CT_CONFIG: Array<CtTimeouts> = Array::pinned(1, 0);

@@ -4,8 +4,8 @@
 use core::mem::size_of;
 
 use sg_common::abi::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS,
-    Reason,
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, Reason,
+    is_icmp_error,
 };
 
 const ETH_HLEN: usize = 14;
@@ -58,8 +58,29 @@ pub struct Meta {
     pub protocol: u8,
     /// Destination port (tcp/udp), `type << 8 | code` (icmp/icmpv6), else 0.
     pub port_key: u16,
+    /// Source port (tcp/udp), ICMP identifier (bytes 4-5), else 0.
+    pub src_port: u16,
+    /// TCP flags, else 0.
+    pub tcp_flags: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// For ICMP errors: the quoted packet (`inner.valid == 0` when absent/unreadable).
+    pub inner: Inner,
+}
+
+/// The packet an ICMP error quotes (sent by the error's recipient).
+pub struct Inner {
+    pub valid: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Inner {
+    const NONE: Inner = Inner { valid: 0, family: 0, protocol: 0, src_port: 0, dst_port: 0, src: [0; 16], dst: [0; 16] };
 }
 
 pub enum Parsed {
@@ -120,7 +141,16 @@ fn parse_ipv4(b: &Bounds, off: usize) -> Result<Meta, Reason> {
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&h[12..16]);
     dst[..4].copy_from_slice(&h[16..20]);
-    let mut meta = Meta { family: FAMILY_V4, protocol: h[9], port_key: 0, src, dst };
+    let mut meta = Meta {
+        family: FAMILY_V4,
+        protocol: h[9],
+        port_key: 0,
+        src_port: 0,
+        tcp_flags: 0,
+        src,
+        dst,
+        inner: Inner::NONE,
+    };
     parse_l4(b, off + ihl, &mut meta)?;
     Ok(meta)
 }
@@ -172,7 +202,8 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
     {
         return Err(Reason::DropExtHeaders);
     }
-    let mut meta = Meta { family: FAMILY_V6, protocol: next, port_key: 0, src, dst };
+    let mut meta =
+        Meta { family: FAMILY_V6, protocol: next, port_key: 0, src_port: 0, tcp_flags: 0, src, dst, inner: Inner::NONE };
     parse_l4(b, l4, &mut meta)?;
     Ok(meta)
 }
@@ -188,10 +219,13 @@ fn parse_l4(b: &Bounds, l4: usize, meta: &mut Meta) -> Result<(), Reason> {
             if hlen < 20 || !b.has(l4, hlen) {
                 return Err(MALFORMED);
             }
+            meta.src_port = u16::from_be_bytes([h[0], h[1]]);
             meta.port_key = u16::from_be_bytes([h[2], h[3]]);
+            meta.tcp_flags = h[13];
         }
         IPPROTO_UDP => {
             let h: [u8; 8] = b.load(l4).ok_or(MALFORMED)?;
+            meta.src_port = u16::from_be_bytes([h[0], h[1]]);
             meta.port_key = u16::from_be_bytes([h[2], h[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
@@ -202,8 +236,55 @@ fn parse_l4(b: &Bounds, l4: usize, meta: &mut Meta) -> Result<(), Reason> {
                 return Err(Reason::AllowInfra);
             }
             meta.port_key = u16::from_be_bytes([h[0], h[1]]);
+            meta.src_port = u16::from_be_bytes([h[4], h[5]]);
+            if is_icmp_error(meta.protocol, h[0]) {
+                parse_quoted(b, l4 + 8, &mut meta.inner);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Reads the header an ICMP error quotes: IPv4 (with options) or a bare IPv6 header,
+/// then 8 bytes of transport header. Leaves `inner.valid == 0` when unreadable.
+#[inline(always)]
+fn parse_quoted(b: &Bounds, off: usize, inner: &mut Inner) {
+    let Some(first) = b.load::<u8>(off) else { return };
+    let l4 = match first >> 4 {
+        4 => {
+            let Some(h) = b.load::<[u8; 20]>(off) else { return };
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            if ihl < 20 || !b.has(off, ihl) {
+                return;
+            }
+            inner.family = FAMILY_V4;
+            inner.protocol = h[9];
+            inner.src[..4].copy_from_slice(&h[12..16]);
+            inner.dst[..4].copy_from_slice(&h[16..20]);
+            off + ihl
+        }
+        6 => {
+            let Some(h) = b.load::<[u8; 40]>(off) else { return };
+            inner.family = FAMILY_V6;
+            inner.protocol = h[6];
+            inner.src.copy_from_slice(&h[8..24]);
+            inner.dst.copy_from_slice(&h[24..40]);
+            off + 40
+        }
+        _ => return,
+    };
+    let Some(t) = b.load::<[u8; 8]>(l4) else { return };
+    match inner.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            inner.src_port = u16::from_be_bytes([t[0], t[1]]);
+            inner.dst_port = u16::from_be_bytes([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            inner.src_port = u16::from_be_bytes([t[4], t[5]]);
+            inner.dst_port = inner.src_port;
+        }
+        _ => {}
+    }
+    inner.valid = 1;
 }

@@ -1,7 +1,12 @@
 //! The pipeline's last step: turn a [`Reason`] into pass/drop and count it.
 use sg_common::abi::Reason;
 
-use crate::{classify, maps::VERDICT_STATS, parse};
+use crate::{
+    classify,
+    conntrack::{self, Tracked},
+    maps::VERDICT_STATS,
+    parse,
+};
 
 pub enum Action {
     Pass,
@@ -16,7 +21,19 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
     };
     let reason = match parse::parse(bounds) {
         parse::Parsed::Decided(reason) => reason,
-        parse::Parsed::Ip(meta) => classify::classify(policy.policy_id, direction, &meta),
+        parse::Parsed::Ip(meta) => match conntrack::track(ifindex, policy.policy_id, direction, &meta) {
+            Tracked::Decided(reason) => reason,
+            Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, &meta) {
+                Reason::AllowRule => {
+                    if let Some(key) = &key {
+                        conntrack::open(key, policy.policy_id, direction, &meta);
+                    }
+                    Reason::AllowRule
+                }
+                _ if revoked => Reason::DropRevoked,
+                other => other,
+            },
+        },
     };
     count(reason);
     if reason.is_allow() { Action::Pass } else { Action::Drop }
