@@ -21,6 +21,7 @@ pub struct KernelFixture {
     /// The data plane, for direct map access.
     pub dp: Dataplane,
     runner: TestRunner,
+    policy_id: u32,
 }
 
 impl KernelFixture {
@@ -31,7 +32,7 @@ impl KernelFixture {
         Dataplane::uninstall(&dir)?;
         let dp = Dataplane::open(&dir, Capacity::default())?;
         let runner = TestRunner::open(&dir)?;
-        Ok(KernelFixture { dir, dp, runner })
+        Ok(KernelFixture { dir, dp, runner, policy_id: 0 })
     }
 
     /// The pin directory.
@@ -41,8 +42,13 @@ impl KernelFixture {
 
     /// Binds the test-run interface (loopback) to `rules`.
     pub fn set_rules(&mut self, rules: &[Rule]) -> Result<()> {
-        replace_rules(&mut self.dp, TEST_RUN_IFINDEX, rules)?;
+        self.policy_id = replace_rules(&mut self.dp, TEST_RUN_IFINDEX, rules)?;
         Ok(())
+    }
+
+    /// The policy id the test-run interface is bound to.
+    pub fn policy_id(&self) -> u32 {
+        self.policy_id
     }
 
     /// Removes the binding: the interface is unmanaged.
@@ -74,6 +80,15 @@ impl KernelFixture {
     pub fn counts(&self) -> Result<BTreeMap<Reason, u64>> {
         self.dp.verdict_counts()
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, so reference
+/// timeouts line up with the kernel's.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Drop for KernelFixture {

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod cmd;
+pub mod daemon;
 pub mod kernel;
 mod netns;
 mod sock;
