@@ -64,6 +64,10 @@ fn create_refuses_invalid_rules_and_changes_nothing() {
         (create(&["-p", "1-65535"]), vec!["opens every port", "--force"]),
         (create(&["--cidr", "198.51.100.0/24"]), vec!["opens every port", "--force"]),
         (create(&["-p", "22"]), vec!["exists already", &ssh]),
+        (
+            ["create", "-s", "vm1", "--in", "--proto", "6", "-p", "22-22", "--cidr", "0.0.0.0/0"].map(String::from).to_vec(),
+            vec!["exists already", &ssh],
+        ),
         (create(&["--icmp-type", "8"]), vec!["icmp type/code given for protocol tcp"]),
         (
             ["create", "-s", "vm1", "--in", "--proto", "icmp", "-p", "22"].map(String::from).to_vec(),
@@ -206,6 +210,14 @@ fn apply_refuses_bad_files_and_changes_nothing() {
     sg.refuses(
         &["instance", "add", "bad/id", "--iface", eps[1].tap(), "--os", "linux"],
         &["invalid instance id"],
+    );
+    sg.refuses(
+        &["instance", "add", "vm2", "--iface", eps[0].tap(), "--os", "linux"],
+        &["both use interface"],
+    );
+    sg.refuses(
+        &["instance", "add", "vm2", "--iface", "bad/name", "--os", "linux"],
+        &["invalid interface name"],
     );
     sg.refuses(&["instance", "rm", "vm9"], &["no instance vm9"]);
     sg.refuses(&["ls", "-s", "vm9"], &["no instance vm9"]);

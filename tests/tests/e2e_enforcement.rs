@@ -40,7 +40,7 @@ fn blocked(from: &Endpoint, dst: IpAddr, port: u16) -> Tcp<'_> {
 }
 
 impl Tcp<'_> {
-    fn from_addr(mut self, src: IpAddr) -> Self {
+    fn with_source(mut self, src: IpAddr) -> Self {
         self.src = Some(src);
         self
     }
@@ -333,15 +333,15 @@ fn cli_rule_opens_a_port_to_one_source_only() {
     let v4 = vm.ip(false);
     expect_tcp(
         "before apply",
-        &[open(&remote, v4, 80).from_addr(allowed), open(&remote, v4, 80).from_addr(other)],
+        &[open(&remote, v4, 80).with_source(allowed), open(&remote, v4, 80).with_source(other)],
     );
     sg.apply_yaml(&desired(&[instance("937648", &vm, "linux")]));
     expect_tcp(
         "defaults",
         &[
-            open(&remote, v4, 22).from_addr(allowed),
-            blocked(&remote, v4, 80).from_addr(allowed),
-            blocked(&remote, v4, 80).from_addr(other),
+            open(&remote, v4, 22).with_source(allowed),
+            blocked(&remote, v4, 80).with_source(allowed),
+            blocked(&remote, v4, 80).with_source(other),
         ],
     );
 
@@ -356,10 +356,10 @@ fn cli_rule_opens_a_port_to_one_source_only() {
     expect_tcp(
         "tcp 80 from 203.0.113.7/32",
         &[
-            open(&remote, v4, 80).from_addr(allowed),
-            blocked(&remote, v4, 80).from_addr(other),
+            open(&remote, v4, 80).with_source(allowed),
+            blocked(&remote, v4, 80).with_source(other),
             blocked(&remote, v4, 80),
-            open(&remote, v4, 22).from_addr(other),
+            open(&remote, v4, 22).with_source(other),
         ],
     );
 
@@ -368,6 +368,6 @@ fn cli_rule_opens_a_port_to_one_source_only() {
     assert!(sg.ls_rules("937648").iter().all(|r| r["id"] != id));
     expect_tcp(
         "rule removed",
-        &[blocked(&remote, v4, 80).from_addr(allowed), open(&remote, v4, 22).from_addr(allowed)],
+        &[blocked(&remote, v4, 80).with_source(allowed), open(&remote, v4, 22).with_source(allowed)],
     );
 }

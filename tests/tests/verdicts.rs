@@ -12,55 +12,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sg_common::abi::Reason;
 use sg_common::model::{Direction, EtherType, Os, PortRange, Protocol, Rule, default_rules};
-use sg_common::conntrack::Tracker;
-use sg_daemon::testrun::TEST_RUN_IFINDEX;
-use sg_tests::kernel::{KernelFixture, monotonic_ns};
+use sg_tests::kernel::{KernelFixture, Twin};
 use sg_tests::kernel::frames::{L4, frame};
 
 fn v4(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// The kernel under test and its reference twin, fed the same frames.
-struct Twin {
-    fx: KernelFixture,
-    model: Tracker,
-    rules: Vec<Rule>,
-}
-
-impl Twin {
-    fn new() -> Self {
-        Twin { fx: KernelFixture::new().unwrap(), model: Tracker::default(), rules: Vec::new() }
-    }
-
-    fn set_rules(&mut self, rules: &[Rule]) {
-        self.fx.set_rules(rules).unwrap();
-        self.rules = rules.to_vec();
-    }
-
-    /// Asserts kernel == reference for `frame`; returns the reason.
-    fn check(&mut self, direction: Direction, frame: &[u8]) -> Reason {
-        self.try_check(direction, frame).unwrap_or_else(|| panic!("kernel refused test input {frame:02x?}"))
-    }
-
-    /// Like [`Twin::check`], but `None` when the kernel refuses to build an skb from the
-    /// frame: BPF_PROG_TEST_RUN for TC rejects (EINVAL) some truncated L3 headers,
-    /// which the stack would also have dropped before the TC egress hook.
-    fn try_check(&mut self, direction: Direction, frame: &[u8]) -> Option<Reason> {
-        let (pass, got) = match self.fx.verdict(direction, frame) {
-            Ok(v) => v,
-            Err(e) if direction == Direction::Ingress && format!("{e:#}").contains("Invalid argument") => return None,
-            Err(e) => panic!("test run of {direction} frame {frame:02x?}: {e:#}"),
-        };
-        let want = self.model.process(TEST_RUN_IFINDEX, self.fx.policy_id(), &self.rules, direction, frame, monotonic_ns());
-        assert_eq!(
-            (pass, got),
-            (want.is_allow(), Some(want)),
-            "kernel disagrees with reference\n direction {direction}\n rules {:#?}\n frame {frame:02x?}",
-            self.rules
-        );
-        Some(want)
-    }
 }
 
 #[test]
