@@ -51,7 +51,15 @@ fn family(a: &IpAddr) -> u8 {
 }
 
 /// Builds the instance-side key of a packet travelling in `direction`.
-fn key_of(ifindex: u32, direction: Direction, src: IpAddr, dst: IpAddr, protocol: u8, sport: u16, dport: u16) -> CtKey {
+fn key_of(
+    ifindex: u32,
+    direction: Direction,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+) -> CtKey {
     let (inst, remote, p_inst, p_remote) = match direction {
         Direction::Egress => (src, dst, sport, dport),
         Direction::Ingress => (dst, src, dport, sport),
@@ -77,7 +85,10 @@ fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 }
 
 fn is_echo_request(protocol: u8, icmp_type: u8) -> bool {
-    matches!((protocol, icmp_type), (abi::IPPROTO_ICMP, abi::ICMP_ECHO_REQUEST) | (abi::IPPROTO_ICMPV6, abi::ICMPV6_ECHO_REQUEST))
+    matches!(
+        (protocol, icmp_type),
+        (abi::IPPROTO_ICMP, abi::ICMP_ECHO_REQUEST) | (abi::IPPROTO_ICMPV6, abi::ICMPV6_ECHO_REQUEST)
+    )
 }
 
 /// The flow key of a packet, `None` for packets that are never tracked (ICMP other
@@ -204,7 +215,9 @@ pub fn opening_state(pkt: &IpPacket) -> Option<u8> {
     use abi::*;
     match pkt.protocol {
         IPPROTO_TCP => (pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN).then_some(CT_TCP_SYN_SENT),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => is_echo_request(pkt.protocol, (pkt.port_key >> 8) as u8).then_some(CT_UNREPLIED),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            is_echo_request(pkt.protocol, (pkt.port_key >> 8) as u8).then_some(CT_UNREPLIED)
+        }
         _ => Some(CT_UNREPLIED),
     }
 }
@@ -226,7 +239,8 @@ impl Default for Tracker {
 impl Tracker {
     fn live(&self, key: &CtKey, now_ns: u64) -> Option<(bool, CtEntry)> {
         let alive = |e: &CtEntry| {
-            now_ns.saturating_sub(e.last_seen_ns) <= u64::from(self.timeouts.for_state(key.protocol, e.state)) * 1_000_000_000
+            now_ns.saturating_sub(e.last_seen_ns)
+                <= u64::from(self.timeouts.for_state(key.protocol, e.state)) * 1_000_000_000
         };
         if let Some(e) = self.confirmed.get(key).filter(|e| alive(e)) {
             return Some((true, *e));
@@ -374,15 +388,24 @@ mod tests {
         use Direction::*;
         let rules = default_rules(Os::Linux);
         let mut t = Tracker::default();
-        for (d, f) in [(Ingress, abi::TCP_SYN), (Egress, abi::TCP_SYN | abi::TCP_ACK), (Ingress, abi::TCP_ACK)] {
+        for (d, f) in
+            [(Ingress, abi::TCP_SYN), (Egress, abi::TCP_SYN | abi::TCP_ACK), (Ingress, abi::TCP_ACK)]
+        {
             let p = if d == Ingress { tcp(d, 5000, 22, f) } else { tcp(d, 22, 5000, f) };
             assert!(t.process_packet(3, 1, &rules, d, &p, 1).is_allow());
         }
         // Same rules under a new policy id: still allowed.
-        assert_eq!(t.process_packet(3, 2, &rules, Egress, &tcp(Egress, 22, 5000, abi::TCP_ACK), 2), Reason::AllowTracked);
+        assert_eq!(
+            t.process_packet(3, 2, &rules, Egress, &tcp(Egress, 22, 5000, abi::TCP_ACK), 2),
+            Reason::AllowTracked
+        );
         // Port 22 rule removed: the next packet, either way, is cut.
-        let narrowed: Vec<Rule> = rules.iter().filter(|r| r.ports.is_none_or(|p| p.min != 22)).cloned().collect();
-        assert_eq!(t.process_packet(3, 3, &narrowed, Ingress, &tcp(Ingress, 5000, 22, abi::TCP_ACK), 3), Reason::DropRevoked);
+        let narrowed: Vec<Rule> =
+            rules.iter().filter(|r| r.ports.is_none_or(|p| p.min != 22)).cloned().collect();
+        assert_eq!(
+            t.process_packet(3, 3, &narrowed, Ingress, &tcp(Ingress, 5000, 22, abi::TCP_ACK), 3),
+            Reason::DropRevoked
+        );
         assert!(t.confirmed.is_empty());
     }
 

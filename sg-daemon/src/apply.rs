@@ -106,6 +106,9 @@ pub fn apply(dp: &mut Dataplane, state: &DesiredState, limits: &Limits) -> Resul
         );
     }
 
+    let timeouts =
+        state.conntrack.as_ref().map(|c| c.timeouts.resolve()).unwrap_or(sg_common::abi::CtTimeouts::DEFAULT);
+    dp.set_timeouts(&timeouts).context("setting conntrack timeouts")?;
     let result = write_and_bind(dp, prepared);
     let removed = dp.collect_garbage().context("collecting unreferenced entries")?;
     result?;

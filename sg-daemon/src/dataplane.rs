@@ -326,7 +326,8 @@ impl Dataplane {
 
     /// The timeouts in force (all-zero config means the built-in defaults).
     pub fn timeouts(&self) -> Result<CtTimeouts> {
-        let cfg: Array<&MapData, CtTimeouts> = Array::try_from(self.ebpf.map(MAP_CT_CONFIG).context("CT_CONFIG map")?)?;
+        let cfg: Array<&MapData, CtTimeouts> =
+            Array::try_from(self.ebpf.map(MAP_CT_CONFIG).context("CT_CONFIG map")?)?;
         let t = cfg.get(&0, 0)?;
         Ok(if t.tcp_established == 0 { CtTimeouts::DEFAULT } else { t })
     }

@@ -152,12 +152,59 @@ impl InstanceSpec {
     }
 }
 
+/// Connection-tracking settings of the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    #[serde(default)]
+    pub timeouts: TimeoutsDoc,
+}
+
+/// Idle timeouts in seconds; absent fields keep their defaults
+/// (`sg_common::abi::CtTimeouts::DEFAULT`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_syn: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_closing: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_stream: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<u32>,
+}
+
+impl TimeoutsDoc {
+    pub fn resolve(&self) -> sg_common::abi::CtTimeouts {
+        let d = sg_common::abi::CtTimeouts::DEFAULT;
+        sg_common::abi::CtTimeouts {
+            tcp_syn: self.tcp_syn.unwrap_or(d.tcp_syn),
+            tcp_established: self.tcp_established.unwrap_or(d.tcp_established),
+            tcp_closing: self.tcp_closing.unwrap_or(d.tcp_closing),
+            udp: self.udp.unwrap_or(d.udp),
+            udp_stream: self.udp_stream.unwrap_or(d.udp_stream),
+            icmp: self.icmp.unwrap_or(d.icmp),
+            other: self.other.unwrap_or(d.other),
+            _pad: 0,
+        }
+    }
+}
+
 /// The whole desired state of a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
     #[serde(default)]
     pub instances: Vec<InstanceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackConfig>,
 }
 
 /// Why a desired-state document was refused.
@@ -196,6 +243,13 @@ impl DesiredState {
 
     /// Checks the document as a whole (each rule was checked while reading).
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(ct) = &self.conntrack {
+            let t = ct.timeouts.resolve();
+            let all = [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream, t.icmp, t.other];
+            if all.contains(&0) {
+                return Err("conntrack.timeouts: every timeout must be at least 1 second".into());
+            }
+        }
         let mut ids = BTreeSet::new();
         let mut ifaces = BTreeMap::new();
         let mut uuids = BTreeMap::new();

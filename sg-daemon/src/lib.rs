@@ -8,6 +8,7 @@ pub mod apply;
 pub mod compile;
 pub mod dataplane;
 pub mod desired;
+pub mod flows;
 pub mod netns;
 pub mod plan;
 pub mod state;

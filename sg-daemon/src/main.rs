@@ -12,6 +12,7 @@ use sg_common::model::{Direction, EtherType, Os, PortRange, Protocol, Rule};
 use sg_daemon::apply::{self, Limits};
 use sg_daemon::dataplane::{Capacity, Dataplane};
 use sg_daemon::desired::{DesiredState, InstanceId, InstanceSpec, RuleSpec, validate_ifname};
+use sg_daemon::flows;
 use sg_daemon::netns;
 use sg_daemon::plan::plan;
 use sg_daemon::state::StateStore;
@@ -73,6 +74,11 @@ enum Command {
     },
     /// Packet counters per verdict reason.
     Stats,
+    /// Tracked connections with their state and age.
+    Flows {
+        #[arg(short = 's', long = "server")]
+        instance: Option<String>,
+    },
     /// Remove every program, link, map and pin (enforcement stops).
     Uninstall,
 }
@@ -173,6 +179,17 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             commit(&g, &store, state, false)
+        }
+        Command::Flows { instance } => {
+            let state = StateStore::open_locked(&g.state_dir)?.load()?;
+            let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+            let rows = flows::list(&dp, &state, instance.as_deref())?;
+            if g.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", flows::table(&rows));
+            }
+            Ok(())
         }
         Command::Stats => {
             let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
@@ -298,12 +315,7 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>) -> Result<()> 
             } else {
                 println!(
                     "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} Rule ID",
-                    "Direction",
-                    "Internet protocol",
-                    "Port (minimum)",
-                    "Port (maximum)",
-                    "Protocol",
-                    "CIDR",
+                    "Direction", "Internet protocol", "Port (minimum)", "Port (maximum)", "Protocol", "CIDR",
                 );
                 let opt = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 for r in rows {

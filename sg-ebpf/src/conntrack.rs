@@ -2,10 +2,10 @@
 //! `sg_common::conntrack`; both must decide every packet sequence alike.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sg_common::abi::{
-    CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_RECV, CT_TCP_SYN_SENT, CT_UNREPLIED,
-    CtEntry, CtKey, CtTimeouts, DIR_EGRESS, DIR_INGRESS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY,
-    ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
+    CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_RECV, CT_TCP_SYN_SENT,
+    CT_UNREPLIED, CtEntry, CtKey, CtTimeouts, DIR_EGRESS, DIR_INGRESS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -117,7 +117,15 @@ fn still_allowed(policy_id: u32, key: &CtKey, e: &CtEntry) -> bool {
         tcp_flags: 0,
         src: key.addr_remote,
         dst: key.addr_remote,
-        inner: Inner { valid: 0, family: 0, protocol: 0, src_port: 0, dst_port: 0, src: [0; 16], dst: [0; 16] },
+        inner: Inner {
+            valid: 0,
+            family: 0,
+            protocol: 0,
+            src_port: 0,
+            dst_port: 0,
+            src: [0; 16],
+            dst: [0; 16],
+        },
     };
     classify(policy_id, e.origin, &opening) == Reason::AllowRule
 }
@@ -251,7 +259,8 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta) -> Tracked {
             let want_confirmed = is_confirmed(key.protocol, state);
             if want_confirmed != confirmed {
                 let moved = *e;
-                let _ = if want_confirmed { CT.insert(key, &moved, 0) } else { CT_NEW.insert(key, &moved, 0) };
+                let _ =
+                    if want_confirmed { CT.insert(key, &moved, 0) } else { CT_NEW.insert(key, &moved, 0) };
                 remove(key, confirmed);
             }
             return Tracked::Decided(Reason::AllowTracked);

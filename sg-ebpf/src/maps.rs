@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use sg_common::abi::{CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, PortClass, PortClassKey, Reason};
+use sg_common::abi::{
+    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, PortClass, PortClassKey, Reason,
+};
 
 /// ifindex -> policy of the instance behind it.
 #[map]

@@ -4,8 +4,8 @@
 use core::mem::size_of;
 
 use sg_common::abi::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, Reason,
-    is_icmp_error,
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS,
+    Reason, is_icmp_error,
 };
 
 const ETH_HLEN: usize = 14;
@@ -80,7 +80,8 @@ pub struct Inner {
 }
 
 impl Inner {
-    const NONE: Inner = Inner { valid: 0, family: 0, protocol: 0, src_port: 0, dst_port: 0, src: [0; 16], dst: [0; 16] };
+    const NONE: Inner =
+        Inner { valid: 0, family: 0, protocol: 0, src_port: 0, dst_port: 0, src: [0; 16], dst: [0; 16] };
 }
 
 pub enum Parsed {
@@ -202,8 +203,16 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
     {
         return Err(Reason::DropExtHeaders);
     }
-    let mut meta =
-        Meta { family: FAMILY_V6, protocol: next, port_key: 0, src_port: 0, tcp_flags: 0, src, dst, inner: Inner::NONE };
+    let mut meta = Meta {
+        family: FAMILY_V6,
+        protocol: next,
+        port_key: 0,
+        src_port: 0,
+        tcp_flags: 0,
+        src,
+        dst,
+        inner: Inner::NONE,
+    };
     parse_l4(b, l4, &mut meta)?;
     Ok(meta)
 }

@@ -141,10 +141,19 @@ impl Twin {
     pub fn try_check(&mut self, direction: Direction, frame: &[u8]) -> Option<Reason> {
         let (pass, got) = match self.fx.verdict(direction, frame) {
             Ok(v) => v,
-            Err(e) if direction == Direction::Ingress && format!("{e:#}").contains("Invalid argument") => return None,
+            Err(e) if direction == Direction::Ingress && format!("{e:#}").contains("Invalid argument") => {
+                return None;
+            }
             Err(e) => panic!("test run of {direction} frame {frame:02x?}: {e:#}"),
         };
-        let want = self.model.process(TEST_RUN_IFINDEX, self.fx.policy_id(), &self.rules, direction, frame, monotonic_ns());
+        let want = self.model.process(
+            TEST_RUN_IFINDEX,
+            self.fx.policy_id(),
+            &self.rules,
+            direction,
+            frame,
+            monotonic_ns(),
+        );
         assert_eq!(
             (pass, got),
             (want.is_allow(), Some(want)),

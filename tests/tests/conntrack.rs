@@ -139,7 +139,8 @@ fn removing_the_rule_cuts_established_flows_keeping_it_does_not() {
     t.set_rules(&more);
     assert_eq!(t.check(Egress, &tcp(Egress, 22, 5000, TCP_ACK)), Reason::AllowTracked);
     // The ssh rule goes: the next packet, in either direction, is cut.
-    let narrowed: Vec<Rule> = rules.iter().filter(|r| r.ports != Some(PortRange::single(22))).cloned().collect();
+    let narrowed: Vec<Rule> =
+        rules.iter().filter(|r| r.ports != Some(PortRange::single(22))).cloned().collect();
     t.set_rules(&narrowed);
     assert_eq!(t.check(Egress, &tcp(Egress, 22, 5000, TCP_ACK)), Reason::AllowRule); // egress any still allows
     assert_eq!(t.check(Ingress, &tcp(Ingress, 22, 5000, TCP_ACK)), Reason::DropNoRule);
@@ -184,11 +185,15 @@ fn differential_random_sequences() {
         default_rules(Os::Linux),
         default_rules(Os::Windows),
         vec![
-            Rule::new(Ingress, EtherType::IPv4, Protocol::Tcp, any4).with_ports(PortRange { min: 20, max: 25 }),
+            Rule::new(Ingress, EtherType::IPv4, Protocol::Tcp, any4)
+                .with_ports(PortRange { min: 20, max: 25 }),
             Rule::new(Ingress, EtherType::IPv4, Protocol::Udp, "198.51.100.0/24".parse().unwrap()),
             Rule::new(Egress, EtherType::IPv4, Protocol::Tcp, any4).with_ports(PortRange::single(80)),
         ],
-        vec![Rule::new(Egress, EtherType::IPv4, Protocol::Udp, any4), Rule::new(Ingress, EtherType::IPv4, Protocol::Icmp, any4)],
+        vec![
+            Rule::new(Egress, EtherType::IPv4, Protocol::Udp, any4),
+            Rule::new(Ingress, EtherType::IPv4, Protocol::Icmp, any4),
+        ],
         vec![],
     ];
     let mut t = Twin::new();
@@ -204,7 +209,9 @@ fn differential_random_sequences() {
         let remote = ["198.51.100.9", "203.0.113.5"][rng.random_range(0..2)];
         let f = match rng.random_range(0..10) {
             0..=4 => {
-                let flags = [TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK, 0][rng.random_range(0..7)];
+                let flags =
+                    [TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK, 0]
+                        [rng.random_range(0..7)];
                 tcp_at(dir, ip(INST), ip(remote), iport, rport, flags)
             }
             5..=6 => match dir {
@@ -226,7 +233,12 @@ fn differential_random_sequences() {
                 let dst: [u8; 4] = earlier[30..34].try_into().unwrap();
                 let (kind, code) = [(3u8, 4u8), (11, 0), (3, 3)][rng.random_range(0..3)];
                 let back_dir = if IpAddr::from(src) == ip(INST) { Ingress } else { Egress };
-                let f = frame(IpAddr::from(dst), IpAddr::from(src), L4::Icmp { kind, code, id: 0 }, &quoted(&earlier));
+                let f = frame(
+                    IpAddr::from(dst),
+                    IpAddr::from(src),
+                    L4::Icmp { kind, code, id: 0 },
+                    &quoted(&earlier),
+                );
                 let r = t.check(back_dir, &f);
                 *by_reason.entry(r).or_default() += 1;
                 continue;
@@ -242,7 +254,13 @@ fn differential_random_sequences() {
         *by_reason.entry(t.check(dir, &f)).or_default() += 1;
     }
     eprintln!("verdicts by reason: {by_reason:?}");
-    for r in [Reason::AllowRule, Reason::AllowTracked, Reason::AllowRelated, Reason::DropNoRule, Reason::DropRevoked] {
+    for r in [
+        Reason::AllowRule,
+        Reason::AllowTracked,
+        Reason::AllowRelated,
+        Reason::DropNoRule,
+        Reason::DropRevoked,
+    ] {
         assert!(by_reason.get(&r).copied().unwrap_or(0) > 0, "sequence never produced {r:?}");
     }
 }
@@ -280,7 +298,8 @@ fn syn_flood_does_not_evict_established_flows() {
     }
     let mut survived = 0;
     for i in 0..established {
-        let (_, reason) = fx.verdict(Ingress, &tcp_at(Ingress, ip(INST), client(i), 22, 30000 + i, TCP_ACK)).unwrap();
+        let (_, reason) =
+            fx.verdict(Ingress, &tcp_at(Ingress, ip(INST), client(i), 22, 30000 + i, TCP_ACK)).unwrap();
         survived += usize::from(reason == Some(Reason::AllowTracked));
     }
     let flows = fx.dp.flows().unwrap();

@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sg_common::abi::Reason;
 use sg_common::model::{Direction, EtherType, Os, PortRange, Protocol, Rule, default_rules};
-use sg_tests::kernel::{KernelFixture, Twin};
 use sg_tests::kernel::frames::{L4, frame};
+use sg_tests::kernel::{KernelFixture, Twin};
 
 fn v4(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -45,10 +45,7 @@ fn default_rules_every_field_both_directions() {
         t.check(Ingress, &frame(remote, inst, L4::Icmp { kind: 8, code: 0, id: 1 }, b"")),
         Reason::AllowRule
     );
-    assert_eq!(
-        t.check(Ingress, &frame(remote, inst, L4::Other { protocol: 47 }, b"")),
-        Reason::DropNoRule
-    );
+    assert_eq!(t.check(Ingress, &frame(remote, inst, L4::Other { protocol: 47 }, b"")), Reason::DropNoRule);
     // Egress any, v4 and v6.
     for l4 in [
         syn(80),
@@ -437,7 +434,8 @@ fn differential_random_rules_and_frames() {
     assert!(refused * 20 < runs, "too many refused inputs: {refused} of {runs}");
     // The generator must exercise every outcome, or the comparison proves little
     // (related ICMP errors and revocations need flows: tests/tests/conntrack.rs).
-    for reason in Reason::ALL.into_iter().filter(|r| !matches!(r, Reason::AllowRelated | Reason::DropRevoked)) {
+    for reason in Reason::ALL.into_iter().filter(|r| !matches!(r, Reason::AllowRelated | Reason::DropRevoked))
+    {
         assert!(by_reason.get(&reason).copied().unwrap_or(0) > 0, "no frame ended as {reason:?}");
     }
 }
