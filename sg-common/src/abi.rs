@@ -27,6 +27,67 @@ pub const MAP_CIDR_ALLOW: &str = "CIDR_ALLOW";
 /// Per-CPU array `Reason as u32 -> u64` packet counters.
 pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 
+/// `LpmKey<GeoKey> -> GeoValue`: networks of the geo-blocked countries.
+pub const MAP_GEO_BLOCK: &str = "GEO_BLOCK";
+/// Array `0 -> GeoConfig`.
+pub const MAP_GEO_CONFIG: &str = "GEO_CONFIG";
+/// Per-CPU hash `ifindex -> IfaceCounters`: packets per reason of each instance.
+pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
+
+/// `IfacePolicy::flags`: ingress to the geo-blocked ports is checked against `GEO_BLOCK`.
+pub const IFACE_FLAG_GEO_BLOCK: u32 = 1;
+/// `IfacePolicy::flags`: audit mode, verdicts are counted but nothing is dropped.
+pub const IFACE_FLAG_AUDIT: u32 = 2;
+
+/// Class id reserved in `CIDR_ALLOW` for an instance's geo-block exemptions: they are
+/// part of its policy, so they switch atomically with its rules.
+pub const GEO_EXEMPT_CLASS: u32 = u32::MAX;
+
+/// Key data of [`MAP_GEO_BLOCK`]: a prefix set id (switching sets is atomic), then the
+/// address (IPv4 in the first four bytes; the family is part of the key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GeoKey {
+    pub set_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Value of [`MAP_GEO_BLOCK`]: the country, two ASCII letters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeoValue {
+    pub country: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Bits of `GeoKey` before the address.
+pub const GEO_KEY_FIXED_BITS: u32 = 64;
+/// Port ranges a geo block can name.
+pub const GEO_MAX_PORT_RANGES: usize = 4;
+
+/// Value of [`MAP_GEO_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeoConfig {
+    /// Prefix set in force; 0 = geo-blocking off.
+    pub set_id: u32,
+    pub protocol: u8,
+    pub n_ranges: u8,
+    pub _pad: u16,
+    /// Inclusive destination-port ranges `[min, max]`.
+    pub ranges: [[u16; 2]; GEO_MAX_PORT_RANGES],
+}
+
+/// Value of [`MAP_IFACE_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceCounters {
+    /// Packets per `Reason`.
+    pub packets: [u64; 16],
+}
+
 /// Program names as they appear in the object file (and under the pin directory).
 pub const PROG_INSTANCE_EGRESS: &str = "sg_instance_egress";
 pub const PROG_INSTANCE_INGRESS: &str = "sg_instance_ingress";
@@ -134,10 +195,12 @@ pub enum Reason {
     AllowRelated = 8,
     /// A tracked flow whose allowing rule is gone: the flow is cut at this packet.
     DropRevoked = 9,
+    /// From a geo-blocked country to a geo-blocked port (whatever the rules say).
+    DropGeo = 10,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::AllowRule,
         Reason::AllowInfra,
@@ -149,6 +212,7 @@ impl Reason {
         Reason::AllowTracked,
         Reason::AllowRelated,
         Reason::DropRevoked,
+        Reason::DropGeo,
     ];
 
     pub const fn is_allow(self) -> bool {
@@ -167,6 +231,7 @@ impl Reason {
             Reason::AllowTracked => "allow-tracked",
             Reason::AllowRelated => "allow-related",
             Reason::DropRevoked => "revoked",
+            Reason::DropGeo => "geo-block",
         }
     }
 }
@@ -321,6 +386,11 @@ const _: () = {
     assert!(size_of::<CtKey>() == 44);
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<CtTimeouts>() == 32);
+    assert!(size_of::<GeoKey>() == 24);
+    assert!(size_of::<GeoValue>() == 4);
+    assert!(size_of::<GeoConfig>() == 24);
+    assert!(size_of::<IfaceCounters>() == 128);
+    assert!((Reason::COUNT as usize) <= 16);
     assert!(size_of::<LpmKey<PortClassKey>>() == 16);
     assert!(size_of::<LpmKey<CidrKey>>() == 28);
     assert!(PORT_KEY_PORT_OFFSET_BITS + 16 <= 8 * size_of::<PortClassKey>() as u32);
@@ -338,4 +408,8 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for CtTimeouts {}
+    unsafe impl aya::Pod for GeoKey {}
+    unsafe impl aya::Pod for GeoValue {}
+    unsafe impl aya::Pod for GeoConfig {}
+    unsafe impl aya::Pod for IfaceCounters {}
 }

@@ -142,8 +142,9 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<(u32, String, CompiledPolicy
         info!(%instance, ifindex, policy_id, "rules in force");
     }
     // Instances that left: stop enforcing (unbind first: packets pass), then detach.
-    let attached = dp.attached_ifindexes()?;
-    for ifindex in old.keys().chain(attached.iter()) {
+    let mut leaving: std::collections::BTreeSet<u32> = dp.attached_ifindexes()?;
+    leaving.extend(old.keys());
+    for ifindex in &leaving {
         if !bindings.contains_key(ifindex) {
             dp.unbind(*ifindex)?;
             if let Err(e) = dp.detach(*ifindex) {

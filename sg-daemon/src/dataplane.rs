@@ -78,6 +78,16 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a map error means "no such key" (aya reports ENOENT from delete as a
+/// syscall error).
+pub fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
@@ -236,10 +246,12 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Removes the interface's binding; removing an absent one is not an error.
     pub fn unbind(&mut self, ifindex: u32) -> Result<()> {
         match self.iface_map()?.remove(&ifindex) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).context("removing IFACE_POLICY entry"),
         }
     }
 

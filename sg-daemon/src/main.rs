@@ -227,6 +227,9 @@ fn commit(g: &Global, store: &StateStore, desired: DesiredState, dry_run: bool) 
         eprintln!("{w}");
     }
     if dry_run {
+        // The checks a real apply makes before touching the kernel, so a dry run
+        // refuses what the apply would refuse.
+        apply::prepare(&resolved, &Limits::default())?;
         print!("{plan}");
         println!("(dry run: nothing changed)");
         return Ok(());

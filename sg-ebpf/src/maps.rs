@@ -3,10 +3,11 @@
 //! from the configured limits.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sg_common::abi::{
-    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, PortClass, PortClassKey, Reason,
+    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, GeoConfig, GeoKey, GeoValue, IfaceCounters, IfacePolicy,
+    PortClass, PortClassKey, Reason,
 };
 
 /// ifindex -> policy of the instance behind it.
@@ -36,3 +37,16 @@ pub static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(65_536, 0);
 /// 0 -> idle timeouts in seconds (all zero = built-in defaults).
 #[map]
 pub static CT_CONFIG: Array<CtTimeouts> = Array::pinned(1, 0);
+
+/// {prefix set, family, address} -> country of the geo-blocked networks.
+#[map]
+pub static GEO_BLOCK: LpmTrie<GeoKey, GeoValue> = LpmTrie::pinned(600_000, 0);
+
+/// 0 -> geo-block configuration (set id 0: off).
+#[map]
+pub static GEO_CONFIG: Array<GeoConfig> = Array::pinned(1, 0);
+
+/// ifindex -> packets per reason, per CPU. The daemon creates the entry when it binds
+/// an interface; the kernel only increments.
+#[map]
+pub static IFACE_STATS: PerCpuHashMap<u32, IfaceCounters> = PerCpuHashMap::pinned(4096, 0);

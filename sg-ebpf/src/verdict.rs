@@ -1,10 +1,12 @@
-//! The pipeline's last step: turn a [`Reason`] into pass/drop and count it.
-use sg_common::abi::Reason;
+//! The pipeline: bind interface -> policy, parse, geo block, connection tracking, rules;
+//! then count the [`Reason`] and turn it into pass/drop.
+use sg_common::abi::{DIR_INGRESS, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason};
 
 use crate::{
     classify,
     conntrack::{self, Tracked},
-    maps::VERDICT_STATS,
+    geo,
+    maps::{IFACE_STATS, VERDICT_STATS},
     parse,
 };
 
@@ -21,28 +23,45 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
     };
     let reason = match parse::parse(bounds) {
         parse::Parsed::Decided(reason) => reason,
-        parse::Parsed::Ip(meta) => match conntrack::track(ifindex, policy.policy_id, direction, &meta) {
-            Tracked::Decided(reason) => reason,
-            Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, &meta) {
-                Reason::AllowRule => {
-                    if let Some(key) = &key {
-                        conntrack::open(key, policy.policy_id, direction, &meta);
-                    }
-                    Reason::AllowRule
-                }
-                _ if revoked => Reason::DropRevoked,
-                other => other,
-            },
-        },
+        parse::Parsed::Ip(meta) => decide_ip(ifindex, &policy, direction, &meta),
     };
-    count(reason);
-    if reason.is_allow() { Action::Pass } else { Action::Drop }
+    count(ifindex, reason);
+    // Audit mode: everything is counted as it would be decided, nothing is dropped.
+    if reason.is_allow() || policy.flags & IFACE_FLAG_AUDIT != 0 { Action::Pass } else { Action::Drop }
 }
 
 #[inline(always)]
-fn count(reason: Reason) {
+fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta) -> Reason {
+    // The geo block wins over rules and tracked flows alike.
+    if direction == DIR_INGRESS
+        && policy.flags & IFACE_FLAG_GEO_BLOCK != 0
+        && geo::blocked(policy.policy_id, meta)
+    {
+        return Reason::DropGeo;
+    }
+    match conntrack::track(ifindex, policy.policy_id, direction, meta) {
+        Tracked::Decided(reason) => reason,
+        Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, meta) {
+            Reason::AllowRule => {
+                if let Some(key) = &key {
+                    conntrack::open(key, policy.policy_id, direction, meta);
+                }
+                Reason::AllowRule
+            }
+            _ if revoked => Reason::DropRevoked,
+            other => other,
+        },
+    }
+}
+
+#[inline(always)]
+fn count(ifindex: u32, reason: Reason) {
     if let Some(counter) = VERDICT_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
+    }
+    if let Some(c) = IFACE_STATS.get_ptr_mut(&ifindex) {
+        // SAFETY: per-CPU value; the index is masked into the array.
+        unsafe { (*c).packets[(reason as usize) & 15] += 1 };
     }
 }

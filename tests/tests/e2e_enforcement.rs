@@ -165,7 +165,8 @@ fn default_rules_on_real_traffic() {
     }
     // Egress: any. The datagram reaches the remote (its reply would need conntrack).
     for (v6, server) in [(false, &udp4), (true, &udp6)] {
-        let _ = udp_probe(&linux, None, SocketAddr::new(remote.ip(v6), 5353), Duration::from_millis(700));
+        // Echoed or NoReply are both fine here; an Err would be a harness failure.
+        udp_probe(&linux, None, SocketAddr::new(remote.ip(v6), 5353), Duration::from_millis(700)).unwrap();
         let peers: Vec<IpAddr> = server.peers().iter().map(SocketAddr::ip).collect();
         assert!(peers.contains(&linux.ip(v6)), "UDP from the instance (v6={v6}) did not arrive: {peers:?}");
     }

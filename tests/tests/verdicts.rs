@@ -433,7 +433,8 @@ fn differential_random_rules_and_frames() {
     eprintln!("verdicts by reason: {by_reason:?}; TC inputs the kernel refused: {refused}");
     assert!(refused * 20 < runs, "too many refused inputs: {refused} of {runs}");
     // The generator must exercise every outcome, or the comparison proves little
-    // (related ICMP errors and revocations need flows: tests/tests/conntrack.rs).
+    // (related ICMP errors and revocations need flows: tests/tests/conntrack.rs; geo
+    // blocks a database: tests/tests/geo.rs).
     for reason in Reason::ALL.into_iter().filter(|r| !matches!(r, Reason::AllowRelated | Reason::DropRevoked))
     {
         assert!(by_reason.get(&reason).copied().unwrap_or(0) > 0, "no frame ended as {reason:?}");
