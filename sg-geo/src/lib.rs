@@ -15,6 +15,7 @@
 //! The only I/O is reading the database file.
 
 mod country;
+mod tree;
 
 use core::fmt;
 use std::io;
@@ -149,8 +150,7 @@ impl CountrySet {
     fn contains(&self, code: &str) -> bool {
         match code.as_bytes() {
             [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                let index =
-                    |c: &u8| usize::from(c.to_ascii_uppercase() - b'A');
+                let index = |c: &u8| usize::from(c.to_ascii_uppercase() - b'A');
                 self.0[index(a) * 26 + index(b)]
             }
             _ => false,
@@ -188,26 +188,17 @@ fn load_unguarded(
     let wanted = CountrySet::new(countries);
     let invalid = |error| GeoError::InvalidDatabase { origin: origin.clone(), error };
     let reader = Reader::from_source(bytes).map_err(invalid)?;
-    let metadata = &reader.metadata;
-    let tree_size = metadata.node_count as usize * usize::from(metadata.record_size) / 4;
-    if tree_size + 16 > bytes.len() {
-        let message = format!("its search tree ({tree_size} bytes) is larger than the file ({} bytes)", bytes.len());
-        return Err(invalid(MaxMindDbError::InvalidDatabase(message)));
-    }
+    tree::check(bytes, &reader.metadata)
+        .map_err(|message| invalid(MaxMindDbError::InvalidDatabase(message)))?;
 
     // The root to iterate from: an IPv6 tree is walked whole (`maxminddb` reports its `::/96`
     // subtree as IPv4 networks and skips the alias subtrees that point back at it); an IPv4 tree
     // must be walked as IPv4, or its networks would come out as IPv6 ones.
-    let root = match reader.metadata.ip_version {
-        4 => "0.0.0.0/0",
-        6 => {
-            check_ipv4_subtree(&reader, origin)?;
-            "::/0"
-        }
-        version => {
-            let error = MaxMindDbError::InvalidDatabase(format!("unknown ip_version {version}"));
-            return Err(invalid(error));
-        }
+    let root = if reader.metadata.ip_version == 4 {
+        "0.0.0.0/0"
+    } else {
+        check_ipv4_subtree(&reader, origin)?;
+        "::/0"
     };
     // `parse` infers maxminddb's own `IpNetwork` type, so this crate need not depend on the
     // exact `ipnetwork` version maxminddb uses.

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use mmdb_writer::{IpVersion, Ipv4Aliasing, Writer};
+use mmdb_writer::{IpVersion, Ipv4Aliasing, RecordSize, Writer};
 use serde::Serialize;
 use sg_geo::{
     CountryCode, CountryCodeError, CountryPrefixes, DbOrigin, GeoError, load_country_prefixes,
@@ -121,15 +122,25 @@ fn nets<T: std::str::FromStr<Err: std::fmt::Debug>>(list: &[&str]) -> Vec<T> {
     list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// A fixed build time, for reproducible databases.
+fn epoch() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+}
+
 fn writer(ip_version: IpVersion, aliasing: Ipv4Aliasing) -> Writer {
-    Writer::builder("sg-geo-test").ip_version(ip_version).ipv4_aliasing(aliasing).build()
+    Writer::builder("sg-geo-test").ip_version(ip_version).ipv4_aliasing(aliasing).build_epoch(epoch()).build()
 }
 
 fn flat_db(entries: &[Entry], ip_version: IpVersion) -> Vec<u8> {
     let mut db = writer(ip_version, Ipv4Aliasing::Enabled);
+    insert_flat(&mut db, entries, ip_version == IpVersion::V4);
+    db.to_bytes().unwrap()
+}
+
+fn insert_flat(db: &mut Writer, entries: &[Entry], ipv4_only: bool) {
     for (i, entry) in entries.iter().enumerate() {
         let net: IpNet = entry.net.parse().unwrap();
-        if ip_version == IpVersion::V4 && matches!(net, IpNet::V6(_)) {
+        if ipv4_only && matches!(net, IpNet::V6(_)) {
             continue;
         }
         if matches!(entry.kind, Kind::NoCountry) {
@@ -139,7 +150,6 @@ fn flat_db(entries: &[Entry], ip_version: IpVersion) -> Vec<u8> {
             db.insert(net, &Flat { country_code: entry.country, tag: Some(i as u32) }).unwrap();
         }
     }
-    db.to_bytes().unwrap()
 }
 
 fn maxmind_db(entries: &[Entry]) -> Vec<u8> {
@@ -229,6 +239,23 @@ fn default_countries() {
 }
 
 #[test]
+fn all_record_sizes() {
+    for (ip_version, v6) in [(IpVersion::V6, DE_FR_V6), (IpVersion::V4, &[][..])] {
+        for record_size in [RecordSize::Bits24, RecordSize::Bits28, RecordSize::Bits32] {
+            let mut db = Writer::builder("sg-geo-test")
+                .ip_version(ip_version)
+                .record_size(record_size)
+                .build_epoch(epoch())
+                .build();
+            insert_flat(&mut db, ENTRIES, ip_version == IpVersion::V4);
+            let db = db.to_bytes().unwrap();
+            let got = load_country_prefixes_from_bytes(&db, &codes("DE,FR")).unwrap();
+            assert_prefixes(&got, DE_FR_V4, v6);
+        }
+    }
+}
+
+#[test]
 fn ipv4_only_database() {
     let db = flat_db(ENTRIES, IpVersion::V4);
     let got = load_country_prefixes_from_bytes(&db, &codes("DE,FR")).unwrap();
@@ -252,7 +279,15 @@ fn ipv4_aliases_are_not_reported() {
     let got = load_country_prefixes_from_bytes(&db, &all).unwrap();
     assert_eq!(got.networks_read, ENTRIES.iter().filter(|e| !matches!(e.kind, Kind::NoCountry)).count());
     assert_eq!(got.networks_total, ENTRIES.len());
-    let v4 = ["1.0.0.0/24", "5.1.0.0/22", "5.1.4.0/23", "8.8.8.0/24", "10.20.30.0/24", "80.0.0.0/16", "223.255.255.0/24"];
+    let v4 = [
+        "1.0.0.0/24",
+        "5.1.0.0/22",
+        "5.1.4.0/23",
+        "8.8.8.0/24",
+        "10.20.30.0/24",
+        "80.0.0.0/16",
+        "223.255.255.0/24",
+    ];
     let v6 = ["240e::/20", "2600::/32", "2a00:2::/31", "2a01:cb00::/47", "2a02:1::/32"];
     assert_prefixes(&got, &v4, &v6);
 }
@@ -261,7 +296,8 @@ fn ipv4_aliases_are_not_reported() {
 #[test]
 fn ipv4_mapped_networks_become_ipv4() {
     let mut db = writer(IpVersion::V6, Ipv4Aliasing::Disabled);
-    db.insert("::ffff:200.1.0.0/120".parse::<IpNet>().unwrap(), &Flat { country_code: "DE", tag: None }).unwrap();
+    db.insert("::ffff:200.1.0.0/120".parse::<IpNet>().unwrap(), &Flat { country_code: "DE", tag: None })
+        .unwrap();
     db.insert("::ffff:0:0/97".parse::<IpNet>().unwrap(), &Flat { country_code: "FR", tag: None }).unwrap();
     db.insert("2a00:2::/32".parse::<IpNet>().unwrap(), &Flat { country_code: "DE", tag: None }).unwrap();
     let got = load_country_prefixes_from_bytes(&db.to_bytes().unwrap(), &codes("DE FR")).unwrap();
@@ -320,9 +356,13 @@ fn unreadable_file() {
 fn garbage_file() {
     let file = TempFile::new("garbage.mmdb", b"this is not a MaxMind database\n");
     let err = load_country_prefixes(&file.0, &codes("DE")).unwrap_err();
-    assert!(matches!(&err, GeoError::InvalidDatabase { origin: DbOrigin::File(p), .. } if *p == file.0), "{err:?}");
+    assert!(
+        matches!(&err, GeoError::InvalidDatabase { origin: DbOrigin::File(p), .. } if *p == file.0),
+        "{err:?}"
+    );
     let message = err.to_string();
-    let expected = format!("GeoIP database {} is corrupt or not a MaxMind DB (.mmdb) file: ", file.0.display());
+    let expected =
+        format!("GeoIP database {} is corrupt or not a MaxMind DB (.mmdb) file: ", file.0.display());
     assert!(message.starts_with(&expected), "{message}");
     assert!(message.contains("metadata"), "{message}");
 }
@@ -332,7 +372,10 @@ fn garbage_bytes() {
     for bytes in [&b""[..], &[0u8; 4096], &[0xab; 100]] {
         let err = load_country_prefixes_from_bytes(bytes, &codes("DE")).unwrap_err();
         assert!(matches!(err, GeoError::InvalidDatabase { origin: DbOrigin::Memory, .. }), "{err:?}");
-        assert!(err.to_string().starts_with("in-memory GeoIP database is corrupt or not a MaxMind DB"), "{err}");
+        assert!(
+            err.to_string().starts_with("in-memory GeoIP database is corrupt or not a MaxMind DB"),
+            "{err}"
+        );
     }
 }
 
@@ -415,7 +458,10 @@ fn unknown_country_code() {
     for code in ["XX", "ZZ"] {
         let err = code.parse::<CountryCode>().unwrap_err();
         assert_eq!(err, CountryCodeError::Unknown(code.into()));
-        assert_eq!(err.to_string(), format!("unknown country code \"{code}\": not an assigned ISO 3166-1 alpha-2 code"));
+        assert_eq!(
+            err.to_string(),
+            format!("unknown country code \"{code}\": not an assigned ISO 3166-1 alpha-2 code")
+        );
     }
     let err = CountryCode::parse_list("DE, FR, XX").unwrap_err();
     assert_eq!(err, CountryCodeError::Unknown("XX".into()));
@@ -431,6 +477,19 @@ fn database_cut_at_the_front() {
     let err = load_country_prefixes_from_bytes(&db[db.len() / 2..], &codes("DE")).unwrap_err();
     assert!(matches!(err, GeoError::InvalidDatabase { .. }), "{err:?}");
     assert!(err.to_string().contains("is larger than the file"), "{err}");
+}
+
+/// maxminddb's iterator would descend forever into a loop in the search tree.
+#[test]
+fn search_tree_with_a_loop() {
+    let mut db = Writer::builder("sg-geo-test").record_size(RecordSize::Bits24).build_epoch(epoch()).build();
+    insert_flat(&mut db, ENTRIES, false);
+    let mut db = db.to_bytes().unwrap();
+    // 24-bit records, 6 bytes a node: point the right record of node 3 back at the root.
+    db[3 * 6 + 3..3 * 6 + 6].copy_from_slice(&[0, 0, 0]);
+    let err = load_country_prefixes_from_bytes(&db, &codes("DE")).unwrap_err();
+    assert!(matches!(err, GeoError::InvalidDatabase { .. }), "{err:?}");
+    assert!(err.to_string().contains("its search tree is not a tree: node 0 is reached twice"), "{err}");
 }
 
 /// Every single-byte corruption of a small database gives a result or an error, never a panic
