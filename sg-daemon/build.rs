@@ -19,6 +19,10 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: as above.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
+    // The nested cargo's progress lines would each surface as a cargo warning; errors
+    // still come through its JSON messages.
+    // SAFETY: as above.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let ebpf_dir = workspace.join("sg-ebpf");
     let toolchain = env::var("SG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.99.0".to_string());
     println!("cargo:rerun-if-env-changed=SG_EBPF_TOOLCHAIN");

@@ -222,6 +222,25 @@ pub fn opening_state(pkt: &IpPacket) -> Option<u8> {
     }
 }
 
+/// Reference of the geo block for one instance: ingress packets of `protocol` to one
+/// of `ports` from a `blocked` network are dropped unless the source is `exempt`.
+#[derive(Clone, Debug, Default)]
+pub struct GeoModel {
+    pub protocol: u8,
+    pub ports: Vec<crate::model::PortRange>,
+    pub blocked: Vec<ipnet::IpNet>,
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+impl GeoModel {
+    pub fn blocks(&self, pkt: &IpPacket) -> bool {
+        pkt.protocol == self.protocol
+            && self.ports.iter().any(|r| r.contains(pkt.port_key))
+            && self.blocked.iter().any(|n| n.contains(&pkt.src))
+            && !self.exempt.iter().any(|n| n.contains(&pkt.src))
+    }
+}
+
 /// The reference tracker for one host: unbounded maps (no LRU eviction).
 #[derive(Clone, Debug)]
 pub struct Tracker {
@@ -277,6 +296,29 @@ impl Tracker {
             Frame::Decided(reason) => return reason,
             Frame::Ip(pkt) => pkt,
         };
+        self.process_packet(ifindex, policy_id, rules, direction, &pkt, now_ns)
+    }
+
+    /// Like [`Tracker::process`], with the instance's geo block (when it applies).
+    #[allow(clippy::too_many_arguments)]
+    pub fn process_with_geo(
+        &mut self,
+        ifindex: u32,
+        policy_id: u32,
+        rules: &[Rule],
+        geo: Option<&GeoModel>,
+        direction: Direction,
+        frame: &[u8],
+        now_ns: u64,
+    ) -> Reason {
+        let pkt = match parse_frame(frame) {
+            Frame::Decided(reason) => return reason,
+            Frame::Ip(pkt) => pkt,
+        };
+        // The geo block wins over rules and tracked flows alike.
+        if direction == Direction::Ingress && geo.is_some_and(|g| g.blocks(&pkt)) {
+            return Reason::DropGeo;
+        }
         self.process_packet(ifindex, policy_id, rules, direction, &pkt, now_ns)
     }
 

@@ -8,17 +8,20 @@
 //! 4. bind each interface to its new policy: one map update per instance;
 //! 5. unbind and detach instances that left, delete unreferenced entries.
 //!
-//! On an error in steps 2-3 the fresh entries are collected and the old bindings stay.
+//! The geo block's prefix set is swapped the same way before step 2 (new set under a
+//! fresh id, one config update, old set deleted). On an error in steps 2-3 the fresh
+//! entries are collected and the old bindings stay.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use sg_common::abi::IfacePolicy;
+use sg_common::abi::{IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy};
 use tracing::{info, warn};
 
-use crate::compile::{CompiledPolicy, compile};
+use crate::compile::{CompiledPolicy, compile_instance};
 use crate::dataplane::Dataplane;
 use crate::desired::{DesiredState, plain_rules};
+use crate::geo::GeoPlan;
 use crate::netns;
 
 /// Per-instance limit on compiled entries, so one instance cannot starve the host.
@@ -41,9 +44,17 @@ impl Default for Limits {
     }
 }
 
-/// Checks and compiles; touches nothing. Returns ifindex -> compiled policy (policy
-/// ids still unassigned).
-pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String, CompiledPolicy)>> {
+/// One instance, checked and compiled (policy id still unassigned).
+pub struct Prepared {
+    pub ifindex: u32,
+    pub instance: String,
+    pub compiled: CompiledPolicy,
+    /// `IFACE_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// Checks and compiles; touches nothing.
+pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
     if state.instances.len() > limits.max_instances {
         bail!(
             "{} instances exceed the limit of {} instances per host (max_instances)",
@@ -69,7 +80,7 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String
                 limits.max_rules_per_instance
             );
         }
-        let compiled = compile(0, &rules);
+        let compiled = compile_instance(0, &rules, &inst.geo_exempt);
         if compiled.len() > limits.max_entries_per_instance {
             bail!(
                 "instance {}: its rules compile to {} map entries, over the limit of {} (max_entries_per_instance); \
@@ -79,16 +90,26 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<(u32, String
                 limits.max_entries_per_instance
             );
         }
-        out.push((ifindex, inst.id.to_string(), compiled));
+        let geo = state.geo_block.as_ref().is_some_and(|g| g.applies_to(inst.os));
+        let flags =
+            if geo { IFACE_FLAG_GEO_BLOCK } else { 0 } | if inst.audit { IFACE_FLAG_AUDIT } else { 0 };
+        out.push(Prepared { ifindex, instance: inst.id.to_string(), compiled, flags });
     }
     Ok(out)
 }
 
-/// Applies a validated desired state to the data plane.
-pub fn apply(dp: &mut Dataplane, state: &DesiredState, limits: &Limits) -> Result<()> {
+/// Applies a validated desired state to the data plane. Returns the geo prefix set
+/// loaded by this apply, if any: (set id, fingerprint) to record.
+pub fn apply(
+    dp: &mut Dataplane,
+    state: &DesiredState,
+    limits: &Limits,
+    geo: GeoPlan,
+) -> Result<Option<(u32, String)>> {
     let prepared = prepare(state, limits)?;
-    let (ports, cidrs) =
-        prepared.iter().fold((0, 0), |(p, c), (_, _, x)| (p + x.port_classes.len(), c + x.cidrs.len()));
+    let (ports, cidrs) = prepared
+        .iter()
+        .fold((0, 0), |(p, c), x| (p + x.compiled.port_classes.len(), c + x.compiled.cidrs.len()));
     // Old and new entries coexist until the switch: both must fit.
     let (live_ports, live_cidrs) = live_entry_counts(dp)?;
     if live_ports + ports > dp.capacity.port_class_entries as usize {
@@ -109,18 +130,52 @@ pub fn apply(dp: &mut Dataplane, state: &DesiredState, limits: &Limits) -> Resul
     let timeouts =
         state.conntrack.as_ref().map(|c| c.timeouts.resolve()).unwrap_or(sg_common::abi::CtTimeouts::DEFAULT);
     dp.set_timeouts(&timeouts).context("setting conntrack timeouts")?;
+    let loaded = apply_geo(dp, geo)?;
     let result = write_and_bind(dp, prepared);
     let removed = dp.collect_garbage().context("collecting unreferenced entries")?;
     result?;
     info!(removed, "apply complete");
-    Ok(())
+    Ok(loaded)
 }
 
-fn write_and_bind(dp: &mut Dataplane, prepared: Vec<(u32, String, CompiledPolicy)>) -> Result<()> {
+/// Swaps the geo prefix set (or switches the block off) without a window.
+fn apply_geo(dp: &mut Dataplane, geo: GeoPlan) -> Result<Option<(u32, String)>> {
+    let current = dp.geo_config()?;
+    match geo {
+        GeoPlan::Off => {
+            if current.set_id != 0 {
+                dp.set_geo_config(&Default::default())?;
+            }
+            dp.delete_geo_sets_except(0)?;
+            Ok(None)
+        }
+        GeoPlan::Keep { mut config } => {
+            config.set_id = current.set_id;
+            dp.set_geo_config(&config)?;
+            Ok(None)
+        }
+        GeoPlan::Load { mut config, prefixes, fingerprint } => {
+            // Alternate between two set ids; delete leftovers of a crashed swap first.
+            let set_id = if current.set_id == 1 { 2 } else { 1 };
+            dp.delete_geo_sets_except(current.set_id)?;
+            if let Err(e) = dp.write_geo_set(set_id, &prefixes) {
+                dp.delete_geo_sets_except(current.set_id)?;
+                return Err(e);
+            }
+            config.set_id = set_id;
+            dp.set_geo_config(&config)?;
+            let removed = dp.delete_geo_sets_except(set_id)?;
+            info!(set_id, prefixes = prefixes.len(), removed, "geo prefix set swapped");
+            Ok(Some((set_id, fingerprint)))
+        }
+    }
+}
+
+fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
     let old = dp.bindings()?;
     let mut bindings = BTreeMap::new();
     let mut next_id = dp.fresh_policy_id()?;
-    for (ifindex, instance, mut compiled) in prepared {
+    for Prepared { ifindex, instance, mut compiled, flags } in prepared {
         let policy_id = next_id;
         next_id = next_id.checked_add(1).context("policy ids exhausted")?;
         // Re-key under the fresh id.
@@ -132,14 +187,15 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<(u32, String, CompiledPolicy
         }
         compiled.policy_id = policy_id;
         dp.write_policy(&compiled).with_context(|| format!("instance {instance}"))?;
-        bindings.insert(ifindex, (instance, policy_id));
+        bindings.insert(ifindex, (instance, policy_id, flags));
     }
-    for (ifindex, (instance, _)) in &bindings {
+    for (ifindex, (instance, _, _)) in &bindings {
+        dp.ensure_iface_stats(*ifindex)?;
         dp.attach(*ifindex).with_context(|| format!("instance {instance}"))?;
     }
-    for (ifindex, (instance, policy_id)) in &bindings {
-        dp.bind(*ifindex, IfacePolicy { policy_id: *policy_id, flags: 0 })?;
-        info!(%instance, ifindex, policy_id, "rules in force");
+    for (ifindex, (instance, policy_id, flags)) in &bindings {
+        dp.bind(*ifindex, IfacePolicy { policy_id: *policy_id, flags: *flags })?;
+        info!(%instance, ifindex, policy_id, flags, "rules in force");
     }
     // Instances that left: stop enforcing (unbind first: packets pass), then detach.
     let mut leaving: std::collections::BTreeSet<u32> = dp.attached_ifindexes()?;
@@ -150,6 +206,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<(u32, String, CompiledPolicy
             if let Err(e) = dp.detach(*ifindex) {
                 warn!(ifindex, "detaching: {e:#}");
             }
+            dp.remove_iface_stats(*ifindex)?;
             info!(ifindex, "enforcement removed");
         }
     }
@@ -165,13 +222,25 @@ fn live_entry_counts(dp: &mut Dataplane) -> Result<(usize, usize)> {
 /// collect the old entries). The primitive behind verdict tests and benchmarks; the
 /// interface need not have programs attached.
 pub fn replace_rules(dp: &mut Dataplane, ifindex: u32, rules: &[sg_common::model::Rule]) -> Result<u32> {
+    replace_policy(dp, ifindex, rules, &[], 0)
+}
+
+/// [`replace_rules`] with geo-block exemptions and `IFACE_FLAG_*` flags.
+pub fn replace_policy(
+    dp: &mut Dataplane,
+    ifindex: u32,
+    rules: &[sg_common::model::Rule],
+    geo_exempt: &[ipnet::IpNet],
+    flags: u32,
+) -> Result<u32> {
     let policy_id = dp.fresh_policy_id()?;
-    let compiled = compile(policy_id, rules);
+    let compiled = compile_instance(policy_id, rules, geo_exempt);
     if let Err(e) = dp.write_policy(&compiled) {
         dp.collect_garbage()?;
         return Err(e);
     }
-    dp.bind(ifindex, IfacePolicy { policy_id, flags: 0 })?;
+    dp.ensure_iface_stats(ifindex)?;
+    dp.bind(ifindex, IfacePolicy { policy_id, flags })?;
     dp.collect_garbage()?;
     Ok(policy_id)
 }

@@ -47,6 +47,21 @@ impl CompiledPolicy {
     }
 }
 
+/// Compiles an instance's rules and geo-block exemptions under `policy_id`. The
+/// exemptions live in `CIDR_ALLOW` under the reserved class `GEO_EXEMPT_CLASS`, so
+/// they switch together with the rules.
+pub fn compile_instance(policy_id: u32, rules: &[Rule], geo_exempt: &[IpNet]) -> CompiledPolicy {
+    let mut out = compile(policy_id, rules);
+    for cidr in geo_exempt {
+        out.cidrs.push(LpmEntry {
+            prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
+            key: CidrKey { policy_id, class_id: sg_common::abi::GEO_EXEMPT_CLASS, addr: addr_bytes(cidr) },
+            value: CidrMatch { rule_index: u32::MAX },
+        });
+    }
+    out
+}
+
 /// Compiles `rules` (assumed valid) under `policy_id`.
 pub fn compile(policy_id: u32, rules: &[Rule]) -> CompiledPolicy {
     let mut out = CompiledPolicy { policy_id, ..Default::default() };

@@ -16,13 +16,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::Ebpf;
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
     self, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, MAP_CIDR_ALLOW, MAP_CT, MAP_CT_CONFIG,
-    MAP_CT_NEW, MAP_IFACE_POLICY, MAP_PORT_CLASS, MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
+    MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY, MAP_IFACE_STATS, MAP_PORT_CLASS,
+    MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
 };
+use sg_common::abi::{GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters};
 use tracing::{debug, info};
 
 use crate::compile::CompiledPolicy;
@@ -36,6 +38,8 @@ pub struct Capacity {
     pub interfaces: u32,
     pub port_class_entries: u32,
     pub cidr_entries: u32,
+    /// Networks of geo-blocked countries (two sets coexist during a swap).
+    pub geo_entries: u32,
     /// Confirmed (established / replied) flows.
     pub ct_entries: u32,
     /// Unconfirmed flows (handshakes, unreplied).
@@ -50,6 +54,7 @@ impl Default for Capacity {
             cidr_entries: 262_144,
             ct_entries: 262_144,
             ct_new_entries: 65_536,
+            geo_entries: 600_000,
         }
     }
 }
@@ -111,6 +116,8 @@ impl Dataplane {
             .map_max_entries(MAP_CIDR_ALLOW, capacity.cidr_entries)
             .map_max_entries(MAP_CT, capacity.ct_entries)
             .map_max_entries(MAP_CT_NEW, capacity.ct_new_entries)
+            .map_max_entries(MAP_GEO_BLOCK, capacity.geo_entries)
+            .map_max_entries(MAP_IFACE_STATS, capacity.interfaces)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity };
@@ -354,6 +361,111 @@ impl Dataplane {
                 let (k, v) = item?;
                 out.push((k, v, confirmed));
             }
+        }
+        Ok(out)
+    }
+
+    /// The geo-block configuration in force (set id 0: off).
+    pub fn geo_config(&self) -> Result<GeoConfig> {
+        let cfg: Array<&MapData, GeoConfig> =
+            Array::try_from(self.ebpf.map(MAP_GEO_CONFIG).context("GEO_CONFIG map")?)?;
+        Ok(cfg.get(&0, 0)?)
+    }
+
+    /// Switches the geo block (one map update).
+    pub fn set_geo_config(&mut self, config: &GeoConfig) -> Result<()> {
+        let mut cfg: Array<&mut MapData, GeoConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_GEO_CONFIG).context("GEO_CONFIG map")?)?;
+        cfg.set(0, config, 0).context("writing GEO_CONFIG")?;
+        Ok(())
+    }
+
+    /// Writes a prefix set under `set_id` (invisible until `GEO_CONFIG` names it).
+    pub fn write_geo_set(&mut self, set_id: u32, prefixes: &sg_geo::CountryPrefixes) -> Result<usize> {
+        let capacity = self.capacity.geo_entries;
+        let mut trie: LpmTrie<&mut MapData, GeoKey, GeoValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_GEO_BLOCK).context("GEO_BLOCK map")?)?;
+        let nets = prefixes
+            .v4
+            .iter()
+            .map(|n| ipnet::IpNet::V4(*n))
+            .chain(prefixes.v6.iter().map(|n| ipnet::IpNet::V6(*n)));
+        let mut written = 0;
+        for net in nets {
+            let family = if net.addr().is_ipv4() { abi::FAMILY_V4 } else { abi::FAMILY_V6 };
+            let key = GeoKey { set_id, family, _pad: [0; 3], addr: crate::compile::addr_bytes(&net) };
+            trie.insert(
+                &Key::new(GEO_KEY_FIXED_BITS + u32::from(net.prefix_len()), key),
+                &GeoValue::default(),
+                0,
+            )
+            .map_err(|e| {
+                anyhow!("writing GEO_BLOCK entry {written} ({net}; capacity {capacity} geo_entries): {e}")
+            })?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Deletes every geo entry not in set `keep`; returns how many.
+    pub fn delete_geo_sets_except(&mut self, keep: u32) -> Result<usize> {
+        let mut trie: LpmTrie<&mut MapData, GeoKey, GeoValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_GEO_BLOCK).context("GEO_BLOCK map")?)?;
+        let dead: Vec<Key<GeoKey>> =
+            trie.keys().filter_map(|k| k.ok()).filter(|k| k.data().set_id != keep).collect();
+        for k in &dead {
+            trie.remove(k)?;
+        }
+        Ok(dead.len())
+    }
+
+    /// Entries of geo set `set_id`.
+    pub fn geo_set_len(&self, set_id: u32) -> Result<usize> {
+        let trie: LpmTrie<&MapData, GeoKey, GeoValue> =
+            LpmTrie::try_from(self.ebpf.map(MAP_GEO_BLOCK).context("GEO_BLOCK map")?)?;
+        Ok(trie.keys().filter_map(|k| k.ok()).filter(|k| k.data().set_id == set_id).count())
+    }
+
+    /// Creates the interface's counters (zero) unless present; the kernel only
+    /// increments existing entries.
+    pub fn ensure_iface_stats(&mut self, ifindex: u32) -> Result<()> {
+        let mut map: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
+        if map.get(&ifindex, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+        let zero = IfaceCounters { packets: [0; 16] };
+        let values = PerCpuValues::try_from(vec![zero; cpus])?;
+        map.insert(&ifindex, values, 0).context("creating IFACE_STATS entry")?;
+        Ok(())
+    }
+
+    pub fn remove_iface_stats(&mut self, ifindex: u32) -> Result<()> {
+        let mut map: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
+        match map.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Packets per reason of one interface, summed over CPUs.
+    pub fn iface_counts(&self, ifindex: u32) -> Result<BTreeMap<Reason, u64>> {
+        let map: PerCpuHashMap<&MapData, u32, IfaceCounters> =
+            PerCpuHashMap::try_from(self.ebpf.map(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
+        let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+        match map.get(&ifindex, 0) {
+            Ok(values) => {
+                for v in values.iter() {
+                    for r in Reason::ALL {
+                        *out.get_mut(&r).expect("all reasons") += v.packets[r as usize];
+                    }
+                }
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(out)
     }

@@ -140,6 +140,13 @@ pub struct InstanceSpec {
     /// Absent in a file: the default rules of `os`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<RuleSpec>>,
+    /// Sources exempted from the geo block for this instance ("contact customer
+    /// service"), validated like rule CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub geo_exempt: Vec<IpNet>,
+    /// Audit mode: verdicts are computed and counted, nothing is dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 impl InstanceSpec {
@@ -197,6 +204,103 @@ impl TimeoutsDoc {
     }
 }
 
+/// Which instances the geo block applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeoScope {
+    /// Windows instances (remote desktop), the default.
+    #[default]
+    Windows,
+    All,
+    None,
+}
+
+/// Blocking a port for sources in listed countries, whatever the rules say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoBlockConfig {
+    /// A MaxMind-format country database (GeoLite2-Country or geo-whois-asn-country).
+    pub database: std::path::PathBuf,
+    #[serde(default = "default_countries")]
+    pub countries: Vec<String>,
+    #[serde(default = "default_geo_protocol")]
+    pub protocol: Protocol,
+    /// Ports or ranges ("9833", "3389-3390").
+    #[serde(default = "default_geo_ports")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub applies_to: GeoScope,
+}
+
+fn default_countries() -> Vec<String> {
+    sg_geo::DEFAULT_BLOCKED.iter().map(|c| c.to_string()).collect()
+}
+fn default_geo_protocol() -> Protocol {
+    Protocol::Tcp
+}
+fn default_geo_ports() -> Vec<PortSpec> {
+    vec![PortSpec(PortRange::single(sg_common::model::REMOTE_DESKTOP_PORT))]
+}
+
+/// A port or port range written as a number or "MIN-MAX".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_yaml::Value", into = "String")]
+pub struct PortSpec(pub PortRange);
+
+impl TryFrom<serde_yaml::Value> for PortSpec {
+    type Error = String;
+    fn try_from(v: serde_yaml::Value) -> Result<Self, String> {
+        let text = match v {
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::String(s) => s,
+            other => return Err(format!("expected a port or MIN-MAX, got {other:?}")),
+        };
+        let r: PortRange = text.parse()?;
+        if r.min == 0 || r.min > r.max {
+            return Err(format!("invalid port range `{text}`: ports are 1-65535, min <= max"));
+        }
+        Ok(PortSpec(r))
+    }
+}
+
+impl From<PortSpec> for String {
+    fn from(p: PortSpec) -> String {
+        p.0.to_string()
+    }
+}
+
+impl GeoBlockConfig {
+    /// Checks everything but the database itself (read at apply time).
+    pub fn validate(&self) -> Result<Vec<sg_geo::CountryCode>, String> {
+        if self.countries.is_empty() {
+            return Err("geo_block.countries: list at least one country".into());
+        }
+        let codes = self
+            .countries
+            .iter()
+            .map(|c| c.parse::<sg_geo::CountryCode>().map_err(|e| format!("geo_block.countries: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.ports.is_empty() || self.ports.len() > sg_common::abi::GEO_MAX_PORT_RANGES {
+            return Err(format!(
+                "geo_block.ports: give 1 to {} ports or ranges",
+                sg_common::abi::GEO_MAX_PORT_RANGES
+            ));
+        }
+        if self.protocol.number().is_none() {
+            return Err("geo_block.protocol: name one protocol (tcp, udp, ...), not any".into());
+        }
+        Ok(codes)
+    }
+
+    pub fn applies_to(&self, os: Os) -> bool {
+        match self.applies_to {
+            GeoScope::All => true,
+            GeoScope::Windows => os == Os::Windows,
+            GeoScope::None => false,
+        }
+    }
+}
+
 /// The whole desired state of a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +309,8 @@ pub struct DesiredState {
     pub instances: Vec<InstanceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_block: Option<GeoBlockConfig>,
 }
 
 /// Why a desired-state document was refused.
@@ -250,6 +356,9 @@ impl DesiredState {
                 return Err("conntrack.timeouts: every timeout must be at least 1 second".into());
             }
         }
+        if let Some(geo) = &self.geo_block {
+            geo.validate()?;
+        }
         let mut ids = BTreeSet::new();
         let mut ifaces = BTreeMap::new();
         let mut uuids = BTreeMap::new();
@@ -263,6 +372,11 @@ impl DesiredState {
                     "instances {other} and {} both use interface {}",
                     inst.id, inst.interface
                 ));
+            }
+            for cidr in &inst.geo_exempt {
+                let probe =
+                    Rule::new(Direction::Ingress, EtherType::of_addr(&cidr.addr()), Protocol::Any, *cidr);
+                probe.validate().map_err(|e| format!("instance {}, geo_exempt {cidr}: {e}", inst.id))?;
             }
             let rules = inst.effective_rules();
             for (i, spec) in rules.iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod dataplane;
 pub mod desired;
 pub mod flows;
+pub mod geo;
 pub mod netns;
 pub mod plan;
 pub mod state;

@@ -13,6 +13,7 @@ use sg_daemon::apply::{self, Limits};
 use sg_daemon::dataplane::{Capacity, Dataplane};
 use sg_daemon::desired::{DesiredState, InstanceId, InstanceSpec, RuleSpec, validate_ifname};
 use sg_daemon::flows;
+use sg_daemon::geo;
 use sg_daemon::netns;
 use sg_daemon::plan::plan;
 use sg_daemon::state::StateStore;
@@ -168,7 +169,14 @@ fn run(cli: Cli) -> Result<()> {
                     if state.instances.iter().any(|i| i.id == id) {
                         bail!("instance {id} exists already");
                     }
-                    state.instances.push(InstanceSpec { id, interface: iface, os, rules: None });
+                    state.instances.push(InstanceSpec {
+                        id,
+                        interface: iface,
+                        os,
+                        rules: None,
+                        geo_exempt: Vec::new(),
+                        audit: false,
+                    });
                 }
                 InstanceCommand::Rm { id } => {
                     let before = state.instances.len();
@@ -218,6 +226,25 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Applies a resolved state (geo database included) and stores it.
+fn apply_and_save(
+    g: &Global,
+    store: &StateStore,
+    resolved: &DesiredState,
+    force_geo_reload: bool,
+) -> Result<()> {
+    let mut dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+    let current_set = dp.geo_config()?.set_id;
+    // Reads the database (when needed) before anything changes.
+    let geo_plan = geo::plan(resolved.geo_block.as_ref(), &g.state_dir, current_set, force_geo_reload)?;
+    let loaded = apply::apply(&mut dp, resolved, &Limits::default(), geo_plan)?;
+    store.save(resolved)?;
+    if let Some((set_id, fingerprint)) = loaded {
+        geo::record(&g.state_dir, set_id, &fingerprint)?;
+    }
+    Ok(())
+}
+
 /// Plans, applies and stores `desired` (or only prints the plan).
 fn commit(g: &Global, store: &StateStore, desired: DesiredState, dry_run: bool) -> Result<()> {
     desired.validate().map_err(anyhow::Error::msg)?;
@@ -237,9 +264,7 @@ fn commit(g: &Global, store: &StateStore, desired: DesiredState, dry_run: bool) 
     let limits = Limits::default();
     // All checks that need no kernel state come first.
     apply::prepare(&resolved, &limits)?;
-    let mut dp = Dataplane::open(&g.bpffs, Capacity::default())?;
-    apply::apply(&mut dp, &resolved, &limits)?;
-    store.save(&resolved)?;
+    apply_and_save(g, store, &resolved, false)?;
     if g.output == Output::Table {
         print!("{plan}");
     }
@@ -377,9 +402,7 @@ fn create(g: &Global, a: CreateArgs) -> Result<()> {
     let (resolved, _) = plan(&store.load()?, &state);
     let limits = Limits::default();
     apply::prepare(&resolved, &limits)?;
-    let mut dp = Dataplane::open(&g.bpffs, Capacity::default())?;
-    apply::apply(&mut dp, &resolved, &limits)?;
-    store.save(&resolved)?;
+    apply_and_save(g, &store, &resolved, false)?;
     println!("{id}");
     Ok(())
 }
@@ -417,9 +440,7 @@ fn remove_rule(g: &Global, prefix: &str) -> Result<()> {
     let (resolved, _) = plan(&store.load()?, &state);
     let limits = Limits::default();
     apply::prepare(&resolved, &limits)?;
-    let mut dp = Dataplane::open(&g.bpffs, Capacity::default())?;
-    apply::apply(&mut dp, &resolved, &limits)?;
-    store.save(&resolved)?;
+    apply_and_save(g, &store, &resolved, false)?;
     println!("deleted {uuid} from instance {inst_id}");
     Ok(())
 }

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Result;
 use sg_common::abi::Reason;
-use sg_common::conntrack::Tracker;
+use sg_common::abi::{GeoConfig, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK};
+use sg_common::conntrack::{GeoModel, Tracker};
 use sg_common::model::{Direction, Rule};
-use sg_daemon::apply::replace_rules;
+use sg_daemon::apply::{replace_policy, replace_rules};
 use sg_daemon::dataplane::{Capacity, Dataplane};
 use sg_daemon::testrun::{TEST_RUN_IFINDEX, TestRunner};
 
@@ -110,6 +111,8 @@ pub struct Twin {
     /// The reference side.
     pub model: Tracker,
     rules: Vec<Rule>,
+    geo: Option<GeoModel>,
+    audit: bool,
 }
 
 impl Twin {
@@ -121,13 +124,51 @@ impl Twin {
 
     /// A twin around a prepared fixture.
     pub fn with_fixture(fx: KernelFixture) -> Self {
-        Twin { fx, model: Tracker::default(), rules: Vec::new() }
+        Twin { fx, model: Tracker::default(), rules: Vec::new(), geo: None, audit: false }
     }
 
     /// Installs `rules` on both sides.
     pub fn set_rules(&mut self, rules: &[Rule]) {
         self.fx.set_rules(rules).unwrap();
         self.rules = rules.to_vec();
+        self.geo = None;
+        self.audit = false;
+    }
+
+    /// Installs rules, a geo block (its networks loaded as the kernel's prefix set) and
+    /// audit mode on both sides.
+    pub fn set_policy(&mut self, rules: &[Rule], geo: Option<GeoModel>, audit: bool) {
+        let dp = &mut self.fx.dp;
+        let mut flags = if audit { IFACE_FLAG_AUDIT } else { 0 };
+        let mut exempt = Vec::new();
+        if let Some(g) = &geo {
+            let mut prefixes = sg_geo::CountryPrefixes::default();
+            for n in &g.blocked {
+                match n {
+                    ipnet::IpNet::V4(v4) => prefixes.v4.push(*v4),
+                    ipnet::IpNet::V6(v6) => prefixes.v6.push(*v6),
+                }
+            }
+            let set_id = if dp.geo_config().unwrap().set_id == 1 { 2 } else { 1 };
+            dp.write_geo_set(set_id, &prefixes).unwrap();
+            let mut cfg = GeoConfig {
+                set_id,
+                protocol: g.protocol,
+                n_ranges: g.ports.len() as u8,
+                ..Default::default()
+            };
+            for (slot, r) in cfg.ranges.iter_mut().zip(&g.ports) {
+                *slot = [r.min, r.max];
+            }
+            dp.set_geo_config(&cfg).unwrap();
+            dp.delete_geo_sets_except(set_id).unwrap();
+            flags |= IFACE_FLAG_GEO_BLOCK;
+            exempt = g.exempt.clone();
+        }
+        self.fx.policy_id = replace_policy(dp, TEST_RUN_IFINDEX, rules, &exempt, flags).unwrap();
+        self.rules = rules.to_vec();
+        self.geo = geo;
+        self.audit = audit;
     }
 
     /// Asserts kernel == reference for `frame`; returns the reason.
@@ -146,17 +187,18 @@ impl Twin {
             }
             Err(e) => panic!("test run of {direction} frame {frame:02x?}: {e:#}"),
         };
-        let want = self.model.process(
+        let want = self.model.process_with_geo(
             TEST_RUN_IFINDEX,
             self.fx.policy_id(),
             &self.rules,
+            self.geo.as_ref(),
             direction,
             frame,
             monotonic_ns(),
         );
         assert_eq!(
             (pass, got),
-            (want.is_allow(), Some(want)),
+            (want.is_allow() || self.audit, Some(want)),
             "kernel disagrees with reference\n direction {direction}\n rules {:#?}\n frame {frame:02x?}",
             self.rules
         );
