@@ -73,8 +73,16 @@ enum Command {
         #[command(subcommand)]
         command: InstanceCommand,
     },
-    /// Packet counters per verdict reason.
-    Stats,
+    /// Packet counters per verdict reason (host-wide, or of one instance).
+    Stats {
+        #[arg(short = 's', long = "server")]
+        instance: Option<String>,
+    },
+    /// Geo-blocking: status, or reload the country database.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
     /// Tracked connections with their state and age.
     Flows {
         #[arg(short = 's', long = "server")]
@@ -82,6 +90,14 @@ enum Command {
     },
     /// Remove every program, link, map and pin (enforcement stops).
     Uninstall,
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Database, countries, prefixes loaded and blocked packets per instance.
+    Status,
+    /// Re-read the database and swap the prefix set in (no window without blocking).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -199,9 +215,59 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats => {
+        Command::Geo { command: GeoCommand::Reload } => {
+            let store = StateStore::open_locked(&g.state_dir)?;
+            let state = store.load()?;
+            if state.geo_block.is_none() {
+                bail!("no geo_block configured in the stored state ({})", store.path().display());
+            }
+            apply_and_save(&g, &store, &state, true)?;
+            println!("geo prefix set reloaded");
+            Ok(())
+        }
+        Command::Geo { command: GeoCommand::Status } => {
+            let state = StateStore::open_locked(&g.state_dir)?.load()?;
             let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
-            let counts = dp.verdict_counts()?;
+            let cfg = dp.geo_config()?;
+            let prefixes = if cfg.set_id != 0 { dp.geo_set_len(cfg.set_id)? } else { 0 };
+            let mut per_instance = std::collections::BTreeMap::new();
+            for inst in &state.instances {
+                if let Some(idx) = netns::ifindex(&inst.interface) {
+                    let on = state.geo_block.as_ref().is_some_and(|g| g.applies_to(inst.os));
+                    per_instance.insert(
+                        inst.id.to_string(),
+                        serde_json::json!({"geo_block": on, "blocked": dp.iface_counts(idx)?[&sg_common::abi::Reason::DropGeo]}),
+                    );
+                }
+            }
+            let status = serde_json::json!({
+                "enabled": cfg.set_id != 0,
+                "database": state.geo_block.as_ref().map(|g| g.database.display().to_string()),
+                "countries": state.geo_block.as_ref().map(|g| g.countries.clone()),
+                "protocol": cfg.protocol,
+                "ports": cfg.ranges[..usize::from(cfg.n_ranges)].iter().map(|r| format!("{}-{}", r[0], r[1])).collect::<Vec<_>>(),
+                "prefixes_loaded": prefixes,
+                "instances": per_instance,
+            });
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Stats { instance } => {
+            let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+            let counts = match instance {
+                None => dp.verdict_counts()?,
+                Some(id) => {
+                    let state = StateStore::open_locked(&g.state_dir)?.load()?;
+                    let inst = state
+                        .instances
+                        .iter()
+                        .find(|i| i.id.as_str() == id)
+                        .with_context(|| format!("no instance {id}"))?;
+                    let idx = netns::ifindex(&inst.interface)
+                        .with_context(|| format!("interface {} not found", inst.interface))?;
+                    dp.iface_counts(idx)?
+                }
+            };
             if g.output == Output::Json {
                 let m: std::collections::BTreeMap<&str, u64> =
                     counts.iter().map(|(r, n)| (r.as_str(), *n)).collect();
