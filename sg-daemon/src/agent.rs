@@ -1,0 +1,291 @@
+//! The host agent (`sg-daemon run`).
+//!
+//! Start-up: mount bpffs if needed, adopt (or load) the pinned data plane, reconcile it
+//! with the stored state. Then serve operator commands on a Unix socket (root, or a
+//! configured group, checked with SO_PEERCRED), reload the geo database when its file
+//! changes or on SIGHUP, and serve metrics when asked. SIGTERM/SIGINT stop serving;
+//! enforcement stays in place (everything is pinned).
+//!
+//! Protocol: one JSON request per connection, `{"argv": [...], "cwd": "..."}` (at most
+//! 64 KiB, one line), answered with `{"code": N, "stdout": "...", "stderr": "..."}`.
+//! `argv` is parsed like the command line; the agent's own paths (bpffs, state
+//! directory, network namespace) always apply.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Mutex;
+use tracing::{error, info, warn};
+
+use crate::cli::{AgentArgs, Cli, Command, Global, Out, execute, geo_refresh, reconcile};
+use crate::metrics::Metrics;
+
+/// Largest request accepted on the control socket.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Response {
+    fn error(code: i32, msg: impl std::fmt::Display) -> Self {
+        Response { code, stdout: String::new(), stderr: format!("error: {msg}\n") }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(g: Global, args: AgentArgs) -> Result<()> {
+    // Threads started from here on inherit the network namespace entered by main.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(g, args))
+}
+
+async fn serve(g: Global, args: AgentArgs) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    // Reconcile first: the kernel matches the stored state before anything is served.
+    let started = Instant::now();
+    let g2 = g.clone();
+    let rec = tokio::task::spawn_blocking(move || {
+        let mut o = Out::default();
+        reconcile(&g2, &mut o).map(|()| o)
+    })
+    .await?;
+    match rec {
+        Ok(o) => info!(ms = started.elapsed().as_millis() as u64, "{}", o.stdout.trim()),
+        Err(e) => {
+            // Enforcement stays as pinned; operators see why in the log and metrics.
+            metrics.apply_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error!("reconciling with the stored state failed: {e:#}");
+        }
+    }
+    metrics.record_apply(started.elapsed());
+
+    let listener = bind_socket(&g.socket, args.socket_gid)?;
+    info!(socket = %g.socket.display(), "serving operator commands");
+    notify_ready();
+
+    // One command at a time: they serialise on the state lock anyway, and this keeps
+    // a burst of requests from piling up blocking threads.
+    let busy = Arc::new(Mutex::new(()));
+    if let Some(addr) = args.metrics {
+        let (g3, m3) = (g.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, g3, m3).await {
+                error!("metrics endpoint: {e:#}");
+            }
+        });
+    }
+    {
+        let (g4, busy4) = (g.clone(), busy.clone());
+        let period = Duration::from_secs(args.geo_watch_secs.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let _guard = busy4.lock().await;
+                let g5 = g4.clone();
+                match tokio::task::spawn_blocking(move || geo_refresh(&g5)).await {
+                    Ok(Ok(true)) => info!("geo database changed on disk: prefix set reloaded"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => warn!("geo database check: {e:#}"),
+                    Err(e) => warn!("geo database check panicked: {e}"),
+                }
+            }
+        });
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the geo database");
+                let _guard = busy.lock().await;
+                let g6 = g.clone();
+                let mut o = Out::default();
+                let r = tokio::task::spawn_blocking(move || {
+                    let cli = Cli::try_parse_from(["sg-daemon", "geo", "reload"]).expect("static argv");
+                    execute(&g6, cli.command, &mut o).map(|()| o)
+                }).await;
+                if let Ok(Err(e)) = r { warn!("geo reload: {e:#}"); }
+            }
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => { warn!("accept: {e}"); continue; }
+                };
+                let (g7, busy7, m7) = (g.clone(), busy.clone(), metrics.clone());
+                let gid = args.socket_gid;
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, g7, busy7, gid, m7).await {
+                        warn!("control connection: {e:#}");
+                    }
+                });
+            }
+        }
+    }
+    info!("stopping: enforcement stays in place (pinned)");
+    let _ = std::fs::remove_file(&g.socket);
+    Ok(())
+}
+
+fn bind_socket(path: &Path, gid: Option<u32>) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a killed agent: nobody listens on it any more.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another agent is listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = gid {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: chown with a valid path; uid -1 keeps the owner.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("chown of the control socket");
+        }
+    }
+    Ok(listener)
+}
+
+async fn handle(
+    mut stream: UnixStream,
+    g: Global,
+    busy: Arc<Mutex<()>>,
+    gid: Option<u32>,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let allowed = cred.uid() == 0 || gid.is_some_and(|g| g == cred.gid());
+    if !allowed {
+        let resp = Response::error(
+            13,
+            format!("permission denied: uid {} may not use the sg control socket (root only)", cred.uid()),
+        );
+        return reply(&mut stream, &resp).await;
+    }
+    let resp = match read_request(&mut stream).await {
+        Err(e) => Response::error(2, format!("bad request: {e:#}")),
+        Ok(req) => {
+            let _guard = busy.lock().await;
+            let started = Instant::now();
+            let resp = tokio::task::spawn_blocking(move || run_request(&g, req))
+                .await
+                .unwrap_or_else(|e| Response::error(1, format!("command panicked: {e}")));
+            metrics.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if resp.code != 0 {
+                metrics.command_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            metrics.record_apply(started.elapsed());
+            resp
+        }
+    };
+    reply(&mut stream, &resp).await
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64 + 1);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line))
+        .await
+        .context("timed out reading the request")??;
+    if line.len() > MAX_REQUEST {
+        anyhow::bail!("request larger than {MAX_REQUEST} bytes");
+    }
+    serde_json::from_slice(&line).context("not a JSON request {\"argv\": [...]}")
+}
+
+async fn reply(stream: &mut UnixStream, resp: &Response) -> Result<()> {
+    let mut bytes = serde_json::to_vec(resp)?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Runs a forwarded command with the agent's paths.
+fn run_request(g: &Global, req: Request) -> Response {
+    let argv = std::iter::once("sg-daemon".to_string()).chain(req.argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => return Response { code: 2, stdout: String::new(), stderr: e.to_string() },
+    };
+    let mut command = cli.command;
+    match &mut command {
+        Command::Run(_) => return Response::error(2, "`run` cannot be sent to a running agent"),
+        Command::Apply { file, .. } => {
+            if file.is_relative()
+                && let Some(cwd) = &req.cwd
+            {
+                *file = cwd.join(&*file);
+            }
+        }
+        _ => {}
+    }
+    let g = Global { output: cli.global.output, ..g.clone() };
+    let mut o = Out::default();
+    match execute(&g, command, &mut o) {
+        Ok(()) => Response { code: 0, stdout: o.stdout, stderr: o.stderr },
+        Err(e) => Response { code: 1, stdout: o.stdout, stderr: format!("{}error: {e:#}\n", o.stderr) },
+    }
+}
+
+/// Sends a request to a running agent; `None` when no agent listens.
+pub fn forward(socket: &Path, argv: Vec<String>) -> Option<Result<Response>> {
+    let stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Some(Err(anyhow::anyhow!(
+                "permission denied: the agent's control socket {} is for root (or its configured group)",
+                socket.display()
+            )));
+        }
+        Err(_) => return None,
+    };
+    Some((|| {
+        use std::io::{BufRead, Write};
+        let mut stream = stream;
+        stream.set_read_timeout(Some(Duration::from_secs(600)))?;
+        let req = Request { argv, cwd: std::env::current_dir().ok() };
+        let mut bytes = serde_json::to_vec(&req)?;
+        bytes.push(b'\n');
+        stream.write_all(&bytes)?;
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line)?;
+        serde_json::from_str(&line).context("malformed reply from the agent")
+    })())
+}
+
+/// Tells systemd (Type=notify) that the agent is ready.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+    }
+}
