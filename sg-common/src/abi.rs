@@ -88,6 +88,44 @@ pub struct IfaceCounters {
     pub packets: [u64; 16],
 }
 
+/// Ring buffer of [`DropEvent`]s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU array `0 -> EventBudget`: rate limit of drop events.
+pub const MAP_EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// Drop events each CPU may emit per second; the rest are counted as suppressed, so a
+/// flood cannot starve the agent.
+pub const EVENTS_PER_CPU_PER_SEC: u64 = 1000;
+
+/// A dropped packet, as the kernel reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    /// `Reason` code.
+    pub reason: u32,
+    pub direction: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub src_port: u16,
+    /// Destination port, or ICMP `type << 8 | code`.
+    pub dst_port: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Events suppressed on this CPU by the rate limit since the last one emitted.
+    pub suppressed: u64,
+}
+
+/// Value of [`MAP_EVENT_BUDGET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub emitted: u64,
+    pub suppressed: u64,
+}
+
 /// Program names as they appear in the object file (and under the pin directory).
 pub const PROG_INSTANCE_EGRESS: &str = "sg_instance_egress";
 pub const PROG_INSTANCE_INGRESS: &str = "sg_instance_ingress";
@@ -200,6 +238,10 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const fn from_code(code: u32) -> Option<Reason> {
+        if code < Self::COUNT { Some(Self::ALL[code as usize]) } else { None }
+    }
+
     pub const COUNT: u32 = 11;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::AllowRule,
@@ -391,6 +433,8 @@ const _: () = {
     assert!(size_of::<GeoConfig>() == 24);
     assert!(size_of::<IfaceCounters>() == 128);
     assert!((Reason::COUNT as usize) <= 16);
+    assert!(size_of::<DropEvent>() == 64);
+    assert!(size_of::<EventBudget>() == 24);
     assert!(size_of::<LpmKey<PortClassKey>>() == 16);
     assert!(size_of::<LpmKey<CidrKey>>() == 28);
     assert!(PORT_KEY_PORT_OFFSET_BITS + 16 <= 8 * size_of::<PortClassKey>() as u32);
@@ -412,4 +456,6 @@ mod pod {
     unsafe impl aya::Pod for GeoValue {}
     unsafe impl aya::Pod for GeoConfig {}
     unsafe impl aya::Pod for IfaceCounters {}
+    unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for EventBudget {}
 }

@@ -17,23 +17,28 @@ pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
 /// Whether a rule of `direction` in `policy_id` allows the packet.
 #[inline(always)]
 pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Reason {
+    let remote = if direction == DIR_INGRESS { &meta.src } else { &meta.dst };
+    classify_fields(policy_id, direction, meta.family, meta.protocol, meta.port_key, remote)
+}
+
+/// [`classify`] on the fields it needs (conntrack re-checks opening packets with it).
+#[inline(always)]
+pub fn classify_fields(
+    policy_id: u32,
+    direction: u8,
+    family: u8,
+    protocol: u8,
+    port_key: u16,
+    remote: &[u8; 16],
+) -> Reason {
     let port_key = Key::new(
         80,
-        PortClassKey {
-            policy_id,
-            direction,
-            family: meta.family,
-            protocol: meta.protocol,
-            _pad: 0,
-            port_be: meta.port_key.to_be(),
-            _pad2: 0,
-        },
+        PortClassKey { policy_id, direction, family, protocol, _pad: 0, port_be: port_key.to_be(), _pad2: 0 },
     );
     let Some(class) = PORT_CLASS.get(&port_key) else {
         return Reason::DropNoRule;
     };
-    let remote = if direction == DIR_INGRESS { meta.src } else { meta.dst };
     let cidr_key =
-        Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id: class.class_id, addr: remote });
+        Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id: class.class_id, addr: *remote });
     if CIDR_ALLOW.get(&cidr_key).is_some() { Reason::AllowRule } else { Reason::DropNoRule }
 }

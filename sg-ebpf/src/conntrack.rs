@@ -9,7 +9,7 @@ use sg_common::abi::{
 };
 
 use crate::{
-    classify::classify,
+    classify::classify_fields,
     maps::{CT, CT_CONFIG, CT_NEW},
     parse::{Inner, Meta},
 };
@@ -109,25 +109,8 @@ fn related_key(ifindex: u32, direction: u8, i: &Inner) -> CtKey {
 /// Whether the current policy still allows the packet that opened the flow.
 #[inline(always)]
 fn still_allowed(policy_id: u32, key: &CtKey, e: &CtEntry) -> bool {
-    let opening = Meta {
-        family: key.family,
-        protocol: key.protocol,
-        port_key: e.orig_port_key,
-        src_port: 0,
-        tcp_flags: 0,
-        src: key.addr_remote,
-        dst: key.addr_remote,
-        inner: Inner {
-            valid: 0,
-            family: 0,
-            protocol: 0,
-            src_port: 0,
-            dst_port: 0,
-            src: [0; 16],
-            dst: [0; 16],
-        },
-    };
-    classify(policy_id, e.origin, &opening) == Reason::AllowRule
+    classify_fields(policy_id, e.origin, key.family, key.protocol, e.orig_port_key, &key.addr_remote)
+        == Reason::AllowRule
 }
 
 /// The state machine on one packet of a live flow: the new state, or `None` when the

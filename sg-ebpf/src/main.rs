@@ -11,6 +11,7 @@
 mod bench;
 mod classify;
 mod conntrack;
+mod events;
 mod geo;
 mod maps;
 mod parse;

@@ -3,11 +3,11 @@
 //! from the configured limits.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sg_common::abi::{
-    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, GeoConfig, GeoKey, GeoValue, IfaceCounters, IfacePolicy,
-    PortClass, PortClassKey, Reason,
+    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, GeoConfig, GeoKey, GeoValue, IfaceCounters,
+    IfacePolicy, PortClass, PortClassKey, Reason,
 };
 
 /// ifindex -> policy of the instance behind it.
@@ -50,3 +50,11 @@ pub static GEO_CONFIG: Array<GeoConfig> = Array::pinned(1, 0);
 /// an interface; the kernel only increments.
 #[map]
 pub static IFACE_STATS: PerCpuHashMap<u32, IfaceCounters> = PerCpuHashMap::pinned(4096, 0);
+
+/// Drop events for the agent (`sg-daemon events`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+
+/// 0 -> per-CPU rate-limit state of drop events.
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);

@@ -5,7 +5,7 @@ use sg_common::abi::{DIR_INGRESS, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfaceP
 use crate::{
     classify,
     conntrack::{self, Tracked},
-    geo,
+    events, geo,
     maps::{IFACE_STATS, VERDICT_STATS},
     parse,
 };
@@ -22,8 +22,19 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
         return Action::Pass; // not a managed instance: never touched
     };
     let reason = match parse::parse(bounds) {
-        parse::Parsed::Decided(reason) => reason,
-        parse::Parsed::Ip(meta) => decide_ip(ifindex, &policy, direction, &meta),
+        parse::Parsed::Decided(reason) => {
+            if !reason.is_allow() {
+                events::emit(ifindex, direction, reason, None);
+            }
+            reason
+        }
+        parse::Parsed::Ip(meta) => {
+            let reason = decide_ip(ifindex, &policy, direction, &meta);
+            if !reason.is_allow() {
+                events::emit(ifindex, direction, reason, Some(&meta));
+            }
+            reason
+        }
     };
     count(ifindex, reason);
     // Audit mode: everything is counted as it would be decided, nothing is dropped.
