@@ -78,6 +78,14 @@ async fn serve(g: Global, args: AgentArgs) -> Result<()> {
     }
     metrics.record_apply(started.elapsed());
 
+    // Drop events: the agent is the ring buffer's reader while it runs.
+    let recent = Arc::new(std::sync::Mutex::new(crate::events::Recent::default()));
+    let (events_tx, _) = tokio::sync::broadcast::channel::<crate::events::EventRow>(4096);
+    {
+        let (g8, recent8, tx8) = (g.clone(), recent.clone(), events_tx.clone());
+        tokio::task::spawn_blocking(move || event_pump(&g8, &recent8, &tx8));
+    }
+
     let listener = bind_socket(&g.socket, args.socket_gid)?;
     info!(socket = %g.socket.display(), "serving operator commands");
     notify_ready();
@@ -136,9 +144,10 @@ async fn serve(g: Global, args: AgentArgs) -> Result<()> {
                     Err(e) => { warn!("accept: {e}"); continue; }
                 };
                 let (g7, busy7, m7) = (g.clone(), busy.clone(), metrics.clone());
+                let ev = EventFeed { recent: recent.clone(), tx: events_tx.clone() };
                 let gid = args.socket_gid;
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, g7, busy7, gid, m7).await {
+                    if let Err(e) = handle(stream, g7, busy7, gid, m7, ev).await {
                         warn!("control connection: {e:#}");
                     }
                 });
@@ -174,12 +183,97 @@ fn bind_socket(path: &Path, gid: Option<u32>) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// What `events` requests are served from.
+struct EventFeed {
+    recent: Arc<std::sync::Mutex<crate::events::Recent>>,
+    tx: tokio::sync::broadcast::Sender<crate::events::EventRow>,
+}
+
+/// Moves drop events from the kernel ring into the recent buffer and to followers.
+fn event_pump(
+    g: &Global,
+    recent: &std::sync::Mutex<crate::events::Recent>,
+    tx: &tokio::sync::broadcast::Sender<crate::events::EventRow>,
+) {
+    let mut reader = loop {
+        match crate::events::EventReader::open(&g.bpffs) {
+            Ok(r) => break r,
+            Err(e) => {
+                warn!("drop events unavailable, retrying: {e:#}");
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    };
+    let mut names = std::collections::BTreeMap::new();
+    let mut last_names = Instant::now() - Duration::from_secs(60);
+    loop {
+        let batch = reader.drain();
+        if !batch.is_empty() {
+            if last_names.elapsed() > Duration::from_secs(5) {
+                if let Ok(store) = crate::state::StateStore::open_locked(&g.state_dir)
+                    && let Ok(state) = store.load()
+                {
+                    names = crate::events::instance_names(&state);
+                }
+                last_names = Instant::now();
+            }
+            let mut r = recent.lock().expect("events lock");
+            for ev in &batch {
+                let row = crate::events::describe(ev, &names);
+                r.push(row.clone());
+                let _ = tx.send(row);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Serves `events` (recent ones, or a stream with `-f`) from the agent's feed.
+async fn serve_events(
+    stream: &mut UnixStream,
+    feed: &EventFeed,
+    instance: Option<String>,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let matches = |r: &crate::events::EventRow| instance.as_deref().is_none_or(|i| r.instance == i);
+    // Subscribe before taking the backlog, so nothing falls between the two.
+    let mut rx = feed.tx.subscribe();
+    let backlog = feed.recent.lock().expect("events lock").matching(instance.as_deref());
+    if !follow {
+        let stdout: String = backlog.iter().map(|r| crate::events::format_row(r, json) + "\n").collect();
+        return reply(stream, &Response { code: 0, stdout, stderr: String::new() }).await;
+    }
+    for r in &backlog {
+        stream_line(stream, &crate::events::format_row(r, json)).await?;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(r) if matches(&r) => stream_line(stream, &crate::events::format_row(&r, json)).await?,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                stream_line(stream, &format!("({n} events skipped: reader too slow)")).await?;
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// One streamed line: `{"line": "..."}` (the final reply is a `Response`).
+async fn stream_line(stream: &mut UnixStream, line: &str) -> Result<()> {
+    let mut bytes = serde_json::to_vec(&serde_json::json!({ "line": line }))?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await?;
+    Ok(())
+}
+
 async fn handle(
     mut stream: UnixStream,
     g: Global,
     busy: Arc<Mutex<()>>,
     gid: Option<u32>,
     metrics: Arc<Metrics>,
+    feed: EventFeed,
 ) -> Result<()> {
     let cred = stream.peer_cred()?;
     let allowed = cred.uid() == 0 || gid.is_some_and(|g| g == cred.gid());
@@ -192,6 +286,22 @@ async fn handle(
     }
     let resp = match read_request(&mut stream).await {
         Err(e) => Response::error(2, format!("bad request: {e:#}")),
+        Ok(req) if req.argv.iter().any(|a| a == "events") => {
+            let argv = std::iter::once("sg-daemon".to_string()).chain(req.argv.clone());
+            match Cli::try_parse_from(argv) {
+                Ok(Cli { command: Command::Events { instance, follow }, global }) => {
+                    let json = global.output == crate::cli::Output::Json;
+                    return serve_events(&mut stream, &feed, instance, follow, json).await;
+                }
+                Ok(_) => {
+                    let _guard = busy.lock().await;
+                    tokio::task::spawn_blocking(move || run_request(&g, req))
+                        .await
+                        .unwrap_or_else(|e| Response::error(1, format!("command panicked: {e}")))
+                }
+                Err(e) => Response { code: 2, stdout: String::new(), stderr: e.to_string() },
+            }
+        }
         Ok(req) => {
             let _guard = busy.lock().await;
             let started = Instant::now();
@@ -276,9 +386,22 @@ pub fn forward(socket: &Path, argv: Vec<String>) -> Option<Result<Response>> {
         let mut bytes = serde_json::to_vec(&req)?;
         bytes.push(b'\n');
         stream.write_all(&bytes)?;
-        let mut line = String::new();
-        std::io::BufReader::new(stream).read_line(&mut line)?;
-        serde_json::from_str(&line).context("malformed reply from the agent")
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                anyhow::bail!("the agent closed the connection without a reply");
+            }
+            #[derive(Deserialize)]
+            struct Streamed {
+                line: String,
+            }
+            if let Ok(s) = serde_json::from_str::<Streamed>(&line) {
+                println!("{}", s.line);
+                continue;
+            }
+            return serde_json::from_str(&line).context("malformed reply from the agent");
+        }
     })())
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::apply::{self, Limits};
 use crate::dataplane::{Capacity, Dataplane};
 use crate::desired::{DesiredState, InstanceId, InstanceSpec, RuleSpec, validate_ifname};
+use crate::events;
 use crate::flows;
 use crate::geo;
 use crate::netns;
@@ -109,6 +110,14 @@ pub enum Command {
     Flows {
         #[arg(short = 's', long = "server")]
         instance: Option<String>,
+    },
+    /// Dropped packets with instance, direction, 5-tuple and reason.
+    Events {
+        #[arg(short = 's', long = "server")]
+        instance: Option<String>,
+        /// Keep streaming new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Remove every program, link, map and pin (enforcement stops).
     Uninstall,
@@ -311,6 +320,24 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
             Ok(())
         }
         Command::Run(_) => bail!("`run` starts the agent; it cannot run inside another command"),
+        Command::Events { instance, follow } => {
+            let names = events::instance_names(&StateStore::open_locked(&g.state_dir)?.load()?);
+            let mut reader = events::EventReader::open(&g.bpffs)?;
+            loop {
+                for ev in reader.drain() {
+                    let row = events::describe(&ev, &names);
+                    if instance.as_deref().is_none_or(|i| row.instance == i) {
+                        outln!(o, "{}", events::format_row(&row, g.output == Output::Json));
+                    }
+                }
+                if !follow {
+                    return Ok(());
+                }
+                // Following locally: flush what we have and keep polling.
+                print!("{}", std::mem::take(&mut o.stdout));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compile;
 pub mod dataplane;
 pub mod desired;
+pub mod events;
 pub mod flows;
 pub mod geo;
 pub mod metrics;
