@@ -133,31 +133,90 @@ impl Dataplane {
         self.dir.join(name)
     }
 
-    /// Loads and pins the programs unless pinned ones exist already.
+    /// Loads and pins the programs unless pinned ones exist already. When the pinned
+    /// programs differ from this binary's (an upgrade: the kernel's program tag is a
+    /// hash of the instructions), the new ones replace them in every link with
+    /// `bpf_link_update`, atomically per hook, keeping the pinned maps and so every
+    /// tracked connection.
     fn ensure_programs(&mut self) -> Result<()> {
-        let egress = self.prog_pin("prog_egress");
-        if !egress.exists() {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(abi::PROG_INSTANCE_EGRESS)
-                .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_EGRESS))?
-                .try_into()?;
-            prog.load().context("verifier rejected the XDP program")?;
-            prog.pin(&egress).context("pinning the XDP program")?;
-            info!(path = %egress.display(), "loaded and pinned XDP program");
+        self.ensure_xdp()?;
+        self.ensure_tc()
+    }
+
+    fn ensure_xdp(&mut self) -> Result<()> {
+        let pin = self.prog_pin("prog_egress");
+        let pinned_tag = pin
+            .exists()
+            .then(|| Xdp::from_pin(&pin, aya_obj::programs::XdpAttachType::Interface))
+            .transpose()?
+            .map(|p| p.info().map(|i| i.tag()))
+            .transpose()?;
+        let links = self.link_pins("xdp")?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(abi::PROG_INSTANCE_EGRESS)
+            .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_EGRESS))?
+            .try_into()?;
+        prog.load().context("verifier rejected the XDP program")?;
+        let new_tag = prog.info()?.tag();
+        if pinned_tag == Some(new_tag) {
+            return Ok(()); // same program: keep the pinned one (already in the links)
         }
-        let ingress = self.prog_pin("prog_ingress");
-        if !ingress.exists() {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(abi::PROG_INSTANCE_INGRESS)
-                .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_INGRESS))?
-                .try_into()?;
-            prog.load().context("verifier rejected the TC program")?;
-            prog.pin(&ingress).context("pinning the TC program")?;
-            info!(path = %ingress.display(), "loaded and pinned TC program");
+        for link_path in &links {
+            let link: FdLink = PinnedLink::from_pin(link_path)?.into();
+            let link = aya::programs::xdp::XdpLink::try_from(link).context("pinned XDP link")?;
+            prog.attach_to_link(link).with_context(|| format!("upgrading {}", link_path.display()))?;
         }
+        if pin.exists() {
+            fs::remove_file(&pin)?;
+        }
+        prog.pin(&pin).context("pinning the XDP program")?;
+        info!(links = links.len(), upgraded = pinned_tag.is_some(), "XDP program in place");
         Ok(())
+    }
+
+    fn ensure_tc(&mut self) -> Result<()> {
+        let pin = self.prog_pin("prog_ingress");
+        let pinned_tag = pin
+            .exists()
+            .then(|| SchedClassifier::from_pin(&pin))
+            .transpose()?
+            .map(|p| p.info().map(|i| i.tag()))
+            .transpose()?;
+        let links = self.link_pins("tc")?;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(abi::PROG_INSTANCE_INGRESS)
+            .ok_or_else(|| anyhow!("program {} missing from object", abi::PROG_INSTANCE_INGRESS))?
+            .try_into()?;
+        prog.load().context("verifier rejected the TC program")?;
+        let new_tag = prog.info()?.tag();
+        if pinned_tag == Some(new_tag) {
+            return Ok(());
+        }
+        for link_path in &links {
+            let link: FdLink = PinnedLink::from_pin(link_path)?.into();
+            let link = aya::programs::tc::SchedClassifierLink::try_from(link).context("pinned TC link")?;
+            prog.attach_to_link(link).with_context(|| format!("upgrading {}", link_path.display()))?;
+        }
+        if pin.exists() {
+            fs::remove_file(&pin)?;
+        }
+        prog.pin(&pin).context("pinning the TC program")?;
+        info!(links = links.len(), upgraded = pinned_tag.is_some(), "TC program in place");
+        Ok(())
+    }
+
+    /// Pinned links of one hook (`xdp` or `tc`).
+    fn link_pins(&self, hook: &str) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.dir.join("links"))? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{hook}-"))) {
+                out.push(path);
+            }
+        }
+        Ok(out)
     }
 
     fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
