@@ -244,3 +244,47 @@ pub fn replace_policy(
     dp.collect_garbage()?;
     Ok(policy_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lo` exists in every network namespace, so these run without privileges.
+    fn state(extra: &str) -> DesiredState {
+        let yaml = format!(
+            "instances:\n  - id: a\n    interface: lo\n    os: linux\n    rules:\n{}{extra}",
+            (1..=20)
+                .map(|p| format!(
+                    "      - {{direction: ingress, ethertype: IPv4, protocol: tcp, port_min: {p}}}\n"
+                ))
+                .collect::<String>()
+        );
+        DesiredState::from_yaml(&yaml, "t").unwrap()
+    }
+
+    #[test]
+    fn limits_are_named_when_exceeded() {
+        let s = state("limits: {max_rules_per_instance: 10}\n");
+        let err = prepare(&s, &s.limits().0).err().unwrap().to_string();
+        assert!(
+            err.contains("20 rules exceed the limit of 10 rules per instance (max_rules_per_instance)"),
+            "{err}"
+        );
+        let s = state("limits: {max_entries_per_instance: 5}\n");
+        let err = prepare(&s, &s.limits().0).err().unwrap().to_string();
+        assert!(err.contains("max_entries_per_instance"), "{err}");
+        let s = state("");
+        assert!(prepare(&s, &s.limits().0).is_ok());
+        let zero = "instances: []\nlimits: {conntrack_entries: 0}\n";
+        let err = DesiredState::from_yaml(zero, "t").unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_interface_is_named() {
+        let s =
+            DesiredState::from_yaml("instances:\n  - {id: a, interface: nosuch0, os: linux}\n", "t").unwrap();
+        let err = prepare(&s, &s.limits().0).err().unwrap().to_string();
+        assert!(err.contains("instance a: interface nosuch0 does not exist"), "{err}");
+    }
+}

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::apply::{self, Limits};
-use crate::dataplane::{Capacity, Dataplane};
+use crate::apply;
+use crate::dataplane::Dataplane;
 use crate::desired::{DesiredState, InstanceId, InstanceSpec, RuleSpec, validate_ifname};
 use crate::events;
 use crate::flows;
@@ -235,7 +235,7 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
         }
         Command::Flows { instance } => {
             let state = StateStore::open_locked(&g.state_dir)?.load()?;
-            let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+            let dp = open_dataplane(&g)?;
             let rows = flows::list(&dp, &state, instance.as_deref())?;
             if g.output == Output::Json {
                 outln!(o, "{}", serde_json::to_string_pretty(&rows)?);
@@ -256,7 +256,7 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
         }
         Command::Geo { command: GeoCommand::Status } => {
             let state = StateStore::open_locked(&g.state_dir)?.load()?;
-            let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+            let dp = open_dataplane(&g)?;
             let cfg = dp.geo_config()?;
             let prefixes = if cfg.set_id != 0 { dp.geo_set_len(cfg.set_id)? } else { 0 };
             let mut per_instance = std::collections::BTreeMap::new();
@@ -282,7 +282,7 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
             Ok(())
         }
         Command::Stats { instance } => {
-            let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+            let dp = open_dataplane(&g)?;
             let counts = match instance {
                 None => dp.verdict_counts()?,
                 Some(id) => {
@@ -341,6 +341,16 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
     }
 }
 
+/// Opens the data plane with the capacities the stored state asks for.
+fn open_dataplane(g: &Global) -> Result<Dataplane> {
+    let state = StateStore::open_locked(&g.state_dir)?.load()?;
+    open_dataplane_for(g, &state)
+}
+
+fn open_dataplane_for(g: &Global, state: &DesiredState) -> Result<Dataplane> {
+    Dataplane::open(&g.bpffs, state.limits().1)
+}
+
 /// Makes the kernel match the stored state (agent start-up).
 pub fn reconcile(g: &Global, o: &mut Out) -> Result<()> {
     let store = StateStore::open_locked(&g.state_dir)?;
@@ -355,7 +365,7 @@ pub fn geo_refresh(g: &Global) -> Result<bool> {
     let store = StateStore::open_locked(&g.state_dir)?;
     let state = store.load()?;
     let Some(cfg) = &state.geo_block else { return Ok(false) };
-    let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+    let dp = open_dataplane_for(g, &state)?;
     let set = dp.geo_config()?.set_id;
     drop(dp);
     let stored = std::fs::read_to_string(g.state_dir.join("geo.loaded")).unwrap_or_default();
@@ -373,11 +383,12 @@ fn apply_and_save(
     resolved: &DesiredState,
     force_geo_reload: bool,
 ) -> Result<()> {
-    let mut dp = Dataplane::open(&g.bpffs, Capacity::default())?;
+    let (limits, capacity) = resolved.limits();
+    let mut dp = Dataplane::open(&g.bpffs, capacity)?;
     let current_set = dp.geo_config()?.set_id;
     // Reads the database (when needed) before anything changes.
     let geo_plan = geo::plan(resolved.geo_block.as_ref(), &g.state_dir, current_set, force_geo_reload)?;
-    let loaded = apply::apply(&mut dp, resolved, &Limits::default(), geo_plan)?;
+    let loaded = apply::apply(&mut dp, resolved, &limits, geo_plan)?;
     store.save(resolved)?;
     if let Some((set_id, fingerprint)) = loaded {
         geo::record(&g.state_dir, set_id, &fingerprint)?;
@@ -396,12 +407,12 @@ fn commit(g: &Global, store: &StateStore, desired: DesiredState, dry_run: bool, 
     if dry_run {
         // The checks a real apply makes before touching the kernel, so a dry run
         // refuses what the apply would refuse.
-        apply::prepare(&resolved, &Limits::default())?;
+        apply::prepare(&resolved, &resolved.limits().0)?;
         out!(o, "{plan}");
         outln!(o, "(dry run: nothing changed)");
         return Ok(());
     }
-    let limits = Limits::default();
+    let limits = resolved.limits().0;
     // All checks that need no kernel state come first.
     apply::prepare(&resolved, &limits)?;
     apply_and_save(g, store, &resolved, false)?;
@@ -554,7 +565,7 @@ fn create(g: &Global, a: CreateArgs, o: &mut Out) -> Result<()> {
     rules.push(RuleSpec { id: Some(id), rule, allow_all_ports: a.force });
     inst.rules = Some(rules);
     let (resolved, _) = plan(&store.load()?, &state);
-    let limits = Limits::default();
+    let limits = resolved.limits().0;
     apply::prepare(&resolved, &limits)?;
     apply_and_save(g, &store, &resolved, false)?;
     outln!(o, "{id}");
@@ -592,7 +603,7 @@ fn remove_rule(g: &Global, prefix: &str, o: &mut Out) -> Result<()> {
     rules.retain(|s| s.id != Some(uuid));
     inst.rules = Some(rules);
     let (resolved, _) = plan(&store.load()?, &state);
-    let limits = Limits::default();
+    let limits = resolved.limits().0;
     apply::prepare(&resolved, &limits)?;
     apply_and_save(g, &store, &resolved, false)?;
     outln!(o, "deleted {uuid} from instance {inst_id}");

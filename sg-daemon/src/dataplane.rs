@@ -120,7 +120,28 @@ impl Dataplane {
             .map_max_entries(MAP_IFACE_STATS, capacity.interfaces)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
-        let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity };
+        // Pinned maps keep the size they were created with: the kernel's is the truth.
+        let mut actual = capacity;
+        for (name, field) in [
+            (MAP_IFACE_POLICY, &mut actual.interfaces),
+            (MAP_PORT_CLASS, &mut actual.port_class_entries),
+            (MAP_CIDR_ALLOW, &mut actual.cidr_entries),
+            (MAP_CT, &mut actual.ct_entries),
+            (MAP_CT_NEW, &mut actual.ct_new_entries),
+            (MAP_GEO_BLOCK, &mut actual.geo_entries),
+        ] {
+            let max = MapData::from_pin(dir.join(name))?.info()?.max_entries();
+            if max != *field {
+                tracing::warn!(
+                    map = name,
+                    pinned = max,
+                    requested = *field,
+                    "map keeps its pinned capacity; `sg-daemon uninstall` and apply to resize (tracked connections are lost)"
+                );
+                *field = max;
+            }
+        }
+        let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
         dp.ensure_programs()?;
         Ok(dp)
     }

@@ -301,6 +301,29 @@ impl GeoBlockConfig {
     }
 }
 
+/// Host limits; absent fields keep their defaults. Map capacities take effect when the
+/// maps are created (first apply after `uninstall`); the others at every apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rules_per_instance: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries_per_instance: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_class_entries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr_entries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_entries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_new_entries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_entries: Option<u32>,
+}
+
 /// The whole desired state of a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +334,8 @@ pub struct DesiredState {
     pub conntrack: Option<ConntrackConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geo_block: Option<GeoBlockConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsConfig>,
 }
 
 /// Why a desired-state document was refused.
@@ -325,6 +350,27 @@ pub enum DesiredStateError {
 }
 
 impl DesiredState {
+    /// Apply-time limits and map capacities of this state.
+    pub fn limits(&self) -> (crate::apply::Limits, crate::dataplane::Capacity) {
+        let l = self.limits.clone().unwrap_or_default();
+        let (dl, dc) = (crate::apply::Limits::default(), crate::dataplane::Capacity::default());
+        let n = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
+        let limits = crate::apply::Limits {
+            max_instances: n(l.max_instances, dl.max_instances),
+            max_rules_per_instance: n(l.max_rules_per_instance, dl.max_rules_per_instance),
+            max_entries_per_instance: n(l.max_entries_per_instance, dl.max_entries_per_instance),
+        };
+        let capacity = crate::dataplane::Capacity {
+            interfaces: l.max_instances.unwrap_or(dc.interfaces).max(1),
+            port_class_entries: l.port_class_entries.unwrap_or(dc.port_class_entries),
+            cidr_entries: l.cidr_entries.unwrap_or(dc.cidr_entries),
+            ct_entries: l.conntrack_entries.unwrap_or(dc.ct_entries),
+            ct_new_entries: l.conntrack_new_entries.unwrap_or(dc.ct_new_entries),
+            geo_entries: l.geo_entries.unwrap_or(dc.geo_entries),
+        };
+        (limits, capacity)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, DesiredStateError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DesiredStateError::Read { path: path.display().to_string(), source })?;
@@ -358,6 +404,21 @@ impl DesiredState {
         }
         if let Some(geo) = &self.geo_block {
             geo.validate()?;
+        }
+        if let Some(l) = &self.limits {
+            let all = [
+                l.max_instances,
+                l.max_rules_per_instance,
+                l.max_entries_per_instance,
+                l.port_class_entries,
+                l.cidr_entries,
+                l.conntrack_entries,
+                l.conntrack_new_entries,
+                l.geo_entries,
+            ];
+            if all.contains(&Some(0)) {
+                return Err("limits: every limit must be at least 1".into());
+            }
         }
         let mut ids = BTreeSet::new();
         let mut ifaces = BTreeMap::new();

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::cli::Global;
-use crate::dataplane::{Capacity, Dataplane};
+use crate::dataplane::Dataplane;
 use crate::netns;
 use crate::state::StateStore;
 
@@ -70,8 +70,8 @@ pub async fn serve(addr: SocketAddr, g: Global, metrics: Arc<Metrics>) -> Result
 
 /// The metrics text, read from the pinned maps.
 pub fn render(g: &Global, m: &Metrics) -> Result<String> {
-    let dp = Dataplane::open(&g.bpffs, Capacity::default())?;
     let state = StateStore::open_locked(&g.state_dir)?.load()?;
+    let dp = Dataplane::open(&g.bpffs, state.limits().1)?;
     let mut out = String::new();
     let _ = writeln!(out, "# HELP sg_packets_total Packets per instance and verdict reason.");
     let _ = writeln!(out, "# TYPE sg_packets_total counter");
