@@ -219,7 +219,7 @@ pub enum Reason {
     DropNoRule = 2,
     /// Truncated or inconsistent headers.
     DropMalformed = 3,
-    /// A non-first IP fragment (carries no ports, cannot be classified).
+    /// A non-first IP fragment whose first fragment was not allowed (or not seen).
     DropFragment = 4,
     /// An ethertype that is neither IPv4, IPv6 nor ARP.
     DropEtherType = 5,
@@ -235,6 +235,8 @@ pub enum Reason {
     DropRevoked = 9,
     /// From a geo-blocked country to a geo-blocked port (whatever the rules say).
     DropGeo = 10,
+    /// A non-first fragment of a packet whose first fragment was allowed.
+    AllowFragment = 11,
 }
 
 impl Reason {
@@ -242,7 +244,7 @@ impl Reason {
         if code < Self::COUNT { Some(Self::ALL[code as usize]) } else { None }
     }
 
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::AllowRule,
         Reason::AllowInfra,
@@ -255,10 +257,18 @@ impl Reason {
         Reason::AllowRelated,
         Reason::DropRevoked,
         Reason::DropGeo,
+        Reason::AllowFragment,
     ];
 
     pub const fn is_allow(self) -> bool {
-        matches!(self, Reason::AllowRule | Reason::AllowInfra | Reason::AllowTracked | Reason::AllowRelated)
+        matches!(
+            self,
+            Reason::AllowRule
+                | Reason::AllowInfra
+                | Reason::AllowTracked
+                | Reason::AllowRelated
+                | Reason::AllowFragment
+        )
     }
 
     pub const fn as_str(self) -> &'static str {
@@ -274,6 +284,7 @@ impl Reason {
             Reason::AllowRelated => "allow-related",
             Reason::DropRevoked => "revoked",
             Reason::DropGeo => "geo-block",
+            Reason::AllowFragment => "allow-fragment",
         }
     }
 }
@@ -411,6 +422,36 @@ pub const fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
+/// `FragKey -> FragEntry`: first fragments that were allowed; the rest of the packet
+/// (non-first fragments carry no ports) follows their verdict (LRU).
+pub const MAP_FRAGS: &str = "FRAGS";
+/// How long after an allowed first fragment its other fragments are accepted.
+pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: u16,
+    /// IPv4 identification or IPv6 fragment identification.
+    pub id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    pub allowed_ns: u64,
+}
+
+/// `Meta::frag` / reference `Fragment` codes.
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_REST: u8 = 2;
+
 /// Maximum number of IPv6 extension headers the parser walks before dropping.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// Maximum number of VLAN tags (802.1Q / 802.1ad) the parser strips.
@@ -434,6 +475,8 @@ const _: () = {
     assert!(size_of::<IfaceCounters>() == 128);
     assert!((Reason::COUNT as usize) <= 16);
     assert!(size_of::<DropEvent>() == 64);
+    assert!(size_of::<FragKey>() == 44);
+    assert!(size_of::<FragEntry>() == 8);
     assert!(size_of::<EventBudget>() == 24);
     assert!(size_of::<LpmKey<PortClassKey>>() == 16);
     assert!(size_of::<LpmKey<CidrKey>>() == 28);
@@ -457,5 +500,7 @@ mod pod {
     unsafe impl aya::Pod for GeoConfig {}
     unsafe impl aya::Pod for IfaceCounters {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for EventBudget {}
 }

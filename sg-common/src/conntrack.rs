@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::abi::{self, CtEntry, CtKey, CtTimeouts, Reason};
+use crate::abi::{self, CtEntry, CtKey, CtTimeouts, FragKey, Reason};
 use crate::model::{Direction, Rule};
 use crate::reference::{Frame, InnerPacket, IpPacket, first_matching_rule, parse_frame};
 
@@ -247,11 +247,30 @@ pub struct Tracker {
     pub timeouts: CtTimeouts,
     pub confirmed: HashMap<CtKey, CtEntry>,
     pub unconfirmed: HashMap<CtKey, CtEntry>,
+    /// Allowed first fragments -> when.
+    pub fragments: HashMap<FragKey, u64>,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
-        Tracker { timeouts: CtTimeouts::DEFAULT, confirmed: HashMap::new(), unconfirmed: HashMap::new() }
+        Tracker {
+            timeouts: CtTimeouts::DEFAULT,
+            confirmed: HashMap::new(),
+            unconfirmed: HashMap::new(),
+            fragments: HashMap::new(),
+        }
+    }
+}
+
+fn frag_key(ifindex: u32, pkt: &IpPacket) -> FragKey {
+    FragKey {
+        ifindex,
+        family: family(&pkt.src),
+        protocol: pkt.protocol,
+        _pad: 0,
+        id: pkt.frag_id,
+        src: addr16(pkt.src),
+        dst: addr16(pkt.dst),
     }
 }
 
@@ -292,11 +311,7 @@ impl Tracker {
         frame: &[u8],
         now_ns: u64,
     ) -> Reason {
-        let pkt = match parse_frame(frame) {
-            Frame::Decided(reason) => return reason,
-            Frame::Ip(pkt) => pkt,
-        };
-        self.process_packet(ifindex, policy_id, rules, direction, &pkt, now_ns)
+        self.process_with_geo(ifindex, policy_id, rules, None, direction, frame, now_ns)
     }
 
     /// Like [`Tracker::process`], with the instance's geo block (when it applies).
@@ -315,11 +330,24 @@ impl Tracker {
             Frame::Decided(reason) => return reason,
             Frame::Ip(pkt) => pkt,
         };
-        // The geo block wins over rules and tracked flows alike.
-        if direction == Direction::Ingress && geo.is_some_and(|g| g.blocks(&pkt)) {
-            return Reason::DropGeo;
+        // The rest of a fragmented packet follows its first fragment.
+        if pkt.fragment == abi::FRAG_REST {
+            let key = frag_key(ifindex, &pkt);
+            return match self.fragments.get(&key) {
+                Some(&t) if now_ns.saturating_sub(t) <= abi::FRAG_TIMEOUT_NS => Reason::AllowFragment,
+                _ => Reason::DropFragment,
+            };
         }
-        self.process_packet(ifindex, policy_id, rules, direction, &pkt, now_ns)
+        // The geo block wins over rules and tracked flows alike.
+        let reason = if direction == Direction::Ingress && geo.is_some_and(|g| g.blocks(&pkt)) {
+            Reason::DropGeo
+        } else {
+            self.process_packet(ifindex, policy_id, rules, direction, &pkt, now_ns)
+        };
+        if pkt.fragment == abi::FRAG_FIRST && reason.is_allow() {
+            self.fragments.insert(frag_key(ifindex, &pkt), now_ns);
+        }
+        reason
     }
 
     pub fn process_packet(
@@ -405,6 +433,8 @@ mod tests {
             src_port: sport,
             tcp_flags: flags,
             inner: None,
+            fragment: abi::FRAG_NONE,
+            frag_id: 0,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct IpPacket {
     pub tcp_flags: u8,
     /// For ICMP errors: the quoted packet's tuple, when it could be read.
     pub inner: Option<InnerPacket>,
+    /// `abi::FRAG_NONE`, `FRAG_FIRST`, or `FRAG_REST` (no transport header read).
+    pub fragment: u8,
+    /// Fragment identification, when fragmented.
+    pub frag_id: u32,
 }
 
 /// The header of the packet an ICMP error quotes (the packet that caused it).
@@ -113,12 +117,14 @@ fn parse_ipv4(bytes: &[u8]) -> Frame {
     if usize::from(ip.total_len()) < ip.slice().len() {
         return Frame::Decided(Reason::DropMalformed);
     }
-    if ip.fragments_offset().value() != 0 {
-        return Frame::Decided(Reason::DropFragment);
-    }
     let src = IpAddr::V4(Ipv4Addr::from(ip.source()));
     let dst = IpAddr::V4(Ipv4Addr::from(ip.destination()));
-    parse_l4(src, dst, ip.protocol().0, &bytes[ip.slice().len()..])
+    let id = u32::from(ip.identification());
+    if ip.fragments_offset().value() != 0 {
+        return rest_fragment(src, dst, ip.protocol().0, id);
+    }
+    let first = if ip.more_fragments() { abi::FRAG_FIRST } else { abi::FRAG_NONE };
+    with_fragment(parse_l4(src, dst, ip.protocol().0, &bytes[ip.slice().len()..]), first, id)
 }
 
 fn parse_ipv6(bytes: &[u8]) -> Frame {
@@ -129,6 +135,7 @@ fn parse_ipv6(bytes: &[u8]) -> Frame {
     let dst = IpAddr::V6(Ipv6Addr::from(ip.destination()));
     let mut next = ip.next_header().0;
     let mut rest = &bytes[ip.slice().len()..];
+    let (mut frag, mut frag_id) = (abi::FRAG_NONE, 0u32);
     for _ in 0..abi::MAX_IPV6_EXT_HEADERS {
         let len = match next {
             // hop-by-hop, routing, destination options: (hdr_ext_len + 1) * 8
@@ -141,8 +148,13 @@ fn parse_ipv6(bytes: &[u8]) -> Frame {
                 let Some(h) = rest.get(..8) else {
                     return Frame::Decided(Reason::DropMalformed);
                 };
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    return Frame::Decided(Reason::DropFragment);
+                let field = u16::from_be_bytes([h[2], h[3]]);
+                frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                if field >> 3 != 0 {
+                    return rest_fragment(src, dst, h[0], frag_id);
+                }
+                if field & 1 != 0 {
+                    frag = abi::FRAG_FIRST;
                 }
                 8
             }
@@ -151,7 +163,7 @@ fn parse_ipv6(bytes: &[u8]) -> Frame {
                 Some(l) => (usize::from(*l) + 2) * 4,
                 None => return Frame::Decided(Reason::DropMalformed),
             },
-            _ => return parse_l4(src, dst, next, rest),
+            _ => return with_fragment(parse_l4(src, dst, next, rest), frag, frag_id),
         };
         if rest.len() < len {
             return Frame::Decided(Reason::DropMalformed);
@@ -162,14 +174,50 @@ fn parse_ipv6(bytes: &[u8]) -> Frame {
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         return Frame::Decided(Reason::DropExtHeaders);
     }
-    parse_l4(src, dst, next, rest)
+    with_fragment(parse_l4(src, dst, next, rest), frag, frag_id)
+}
+
+/// A non-first fragment: addresses, protocol and identification only.
+fn rest_fragment(src: IpAddr, dst: IpAddr, protocol: u8, frag_id: u32) -> Frame {
+    Frame::Ip(IpPacket {
+        src,
+        dst,
+        protocol,
+        port_key: 0,
+        src_port: 0,
+        tcp_flags: 0,
+        inner: None,
+        fragment: abi::FRAG_REST,
+        frag_id,
+    })
+}
+
+fn with_fragment(frame: Frame, fragment: u8, frag_id: u32) -> Frame {
+    match frame {
+        Frame::Ip(mut p) if fragment != abi::FRAG_NONE => {
+            p.fragment = fragment;
+            p.frag_id = frag_id;
+            Frame::Ip(p)
+        }
+        other => other,
+    }
 }
 
 fn parse_l4(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Frame {
     if l4.len() < l4_min_len(protocol) {
         return Frame::Decided(Reason::DropMalformed);
     }
-    let mut pkt = IpPacket { src, dst, protocol, port_key: 0, src_port: 0, tcp_flags: 0, inner: None };
+    let mut pkt = IpPacket {
+        src,
+        dst,
+        protocol,
+        port_key: 0,
+        src_port: 0,
+        tcp_flags: 0,
+        inner: None,
+        fragment: abi::FRAG_NONE,
+        frag_id: 0,
+    };
     match protocol {
         abi::IPPROTO_TCP => {
             let Ok(tcp) = TcpHeaderSlice::from_slice(l4) else {
@@ -240,6 +288,8 @@ pub fn first_matching_rule(rules: &[Rule], direction: Direction, pkt: &IpPacket)
 pub fn classify(rules: &[Rule], direction: Direction, frame: &[u8]) -> Reason {
     match parse_frame(frame) {
         Frame::Decided(reason) => reason,
+        // Stateless: the rest of a fragmented packet has nothing to follow.
+        Frame::Ip(pkt) if pkt.fragment == abi::FRAG_REST => Reason::DropFragment,
         Frame::Ip(pkt) => match first_matching_rule(rules, direction, &pkt) {
             Some(_) => Reason::AllowRule,
             None => Reason::DropNoRule,

@@ -12,6 +12,7 @@ mod bench;
 mod classify;
 mod conntrack;
 mod events;
+mod fragments;
 mod geo;
 mod maps;
 mod parse;

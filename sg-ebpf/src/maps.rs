@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sg_common::abi::{
-    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, GeoConfig, GeoKey, GeoValue, IfaceCounters,
-    IfacePolicy, PortClass, PortClassKey, Reason,
+    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig, GeoKey,
+    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, Reason,
 };
 
 /// ifindex -> policy of the instance behind it.
@@ -58,3 +58,7 @@ pub static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
 /// 0 -> per-CPU rate-limit state of drop events.
 #[map]
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+/// Allowed first fragments: the rest of their packet follows their verdict (LRU).
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(16_384, 0);

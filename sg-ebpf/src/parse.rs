@@ -4,8 +4,8 @@
 use core::mem::size_of;
 
 use sg_common::abi::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS,
-    Reason, is_icmp_error,
+    FAMILY_V4, FAMILY_V6, FRAG_FIRST, FRAG_NONE, FRAG_REST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, Reason, is_icmp_error,
 };
 
 const ETH_HLEN: usize = 14;
@@ -62,6 +62,10 @@ pub struct Meta {
     pub src_port: u16,
     /// TCP flags, else 0.
     pub tcp_flags: u8,
+    /// `FRAG_NONE`, `FRAG_FIRST` or `FRAG_REST` (no transport header parsed).
+    pub frag: u8,
+    /// Fragment identification (when `frag != FRAG_NONE`).
+    pub frag_id: u32,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// For ICMP errors: the quoted packet (`inner.valid == 0` when absent/unreadable).
@@ -135,9 +139,14 @@ fn parse_ipv4(b: &Bounds, off: usize) -> Result<Meta, Reason> {
     if usize::from(u16::from_be_bytes([h[2], h[3]])) < ihl {
         return Err(MALFORMED);
     }
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
-        return Err(Reason::DropFragment);
-    }
+    let frag_field = u16::from_be_bytes([h[6], h[7]]);
+    let frag = if frag_field & 0x1fff != 0 {
+        FRAG_REST
+    } else if frag_field & 0x2000 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&h[12..16]);
@@ -148,11 +157,15 @@ fn parse_ipv4(b: &Bounds, off: usize) -> Result<Meta, Reason> {
         port_key: 0,
         src_port: 0,
         tcp_flags: 0,
+        frag,
+        frag_id: u32::from(u16::from_be_bytes([h[4], h[5]])),
         src,
         dst,
         inner: Inner::NONE,
     };
-    parse_l4(b, off + ihl, &mut meta)?;
+    if frag != FRAG_REST {
+        parse_l4(b, off + ihl, &mut meta)?;
+    }
     Ok(meta)
 }
 
@@ -169,6 +182,8 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
     dst.copy_from_slice(&h[24..40]);
     let mut l4 = off + 40;
     let mut walked = 0;
+    let mut frag = FRAG_NONE;
+    let mut frag_id = 0u32;
     while walked < MAX_IPV6_EXT_HEADERS {
         // Every extension header starts with {next header, length}; the fragment
         // header is 8 bytes with the offset in bytes 2-3.
@@ -179,8 +194,17 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
             }
             NEXTHDR_FRAGMENT => {
                 let f: [u8; 8] = b.load(l4).ok_or(MALFORMED)?;
-                if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
-                    return Err(Reason::DropFragment);
+                let field = u16::from_be_bytes([f[2], f[3]]);
+                frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                if field >> 3 != 0 {
+                    // The rest of a fragmented packet: its protocol is the fragment
+                    // header's next header; there is no transport header to read.
+                    frag = FRAG_REST;
+                    next = f[0];
+                    break;
+                }
+                if field & 1 != 0 {
+                    frag = FRAG_FIRST;
                 }
                 8
             }
@@ -198,7 +222,8 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
         l4 += len;
         walked += 1;
     }
-    if walked == MAX_IPV6_EXT_HEADERS
+    if frag != FRAG_REST
+        && walked == MAX_IPV6_EXT_HEADERS
         && matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | NEXTHDR_AUTH)
     {
         return Err(Reason::DropExtHeaders);
@@ -209,11 +234,15 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Meta, Reason> {
         port_key: 0,
         src_port: 0,
         tcp_flags: 0,
+        frag,
+        frag_id,
         src,
         dst,
         inner: Inner::NONE,
     };
-    parse_l4(b, l4, &mut meta)?;
+    if frag != FRAG_REST {
+        parse_l4(b, l4, &mut meta)?;
+    }
     Ok(meta)
 }
 

@@ -1,11 +1,13 @@
 //! The pipeline: bind interface -> policy, parse, geo block, connection tracking, rules;
 //! then count the [`Reason`] and turn it into pass/drop.
-use sg_common::abi::{DIR_INGRESS, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason};
+use sg_common::abi::{
+    DIR_INGRESS, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason,
+};
 
 use crate::{
     classify,
     conntrack::{self, Tracked},
-    events, geo,
+    events, fragments, geo,
     maps::{IFACE_STATS, VERDICT_STATS},
     parse,
 };
@@ -43,6 +45,18 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
 
 #[inline(always)]
 fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta) -> Reason {
+    if meta.frag == FRAG_REST {
+        return fragments::follow(ifindex, meta);
+    }
+    let reason = decide_packet(ifindex, policy, direction, meta);
+    if meta.frag == FRAG_FIRST && reason.is_allow() {
+        fragments::remember(ifindex, meta);
+    }
+    reason
+}
+
+#[inline(always)]
+fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta) -> Reason {
     // The geo block wins over rules and tracked flows alike.
     if direction == DIR_INGRESS
         && policy.flags & IFACE_FLAG_GEO_BLOCK != 0

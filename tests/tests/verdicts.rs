@@ -442,3 +442,35 @@ fn differential_random_rules_and_frames() {
         assert!(by_reason.get(&reason).copied().unwrap_or(0) > 0, "no frame ended as {reason:?}");
     }
 }
+
+/// Non-first fragments carry no ports: they follow their first fragment, and never pass
+/// on their own (openshift/ingress-node-firewall #730).
+#[test]
+fn fragments_follow_their_first_fragment() {
+    sg_tests::require_root!();
+    let mut t = Twin::new();
+    t.set_rules(&default_rules(Os::Linux));
+    // IPv4 TCP to port `dport`, identification `id`, fragment offset `off` (8-byte units), MF.
+    let v4 = |id: u16, off: u16, mf: bool, dport: u16| {
+        let mut f =
+            frame(v4("198.51.100.7"), v4("10.0.0.2"), L4::Tcp { sport: 4000, dport, flags: 0x02 }, &[0; 16]);
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[20..22].copy_from_slice(&(off | if mf { 0x2000 } else { 0 }).to_be_bytes());
+        if off != 0 {
+            f.truncate(14 + 20 + 8); // a later fragment: payload only
+        }
+        f
+    };
+    use Direction::Ingress;
+    // A lone non-first fragment: dropped.
+    assert_eq!(t.check(Ingress, &v4(7, 3, false, 22)), Reason::DropFragment);
+    // First fragment to an open port, then the rest: allowed.
+    assert_eq!(t.check(Ingress, &v4(8, 0, true, 22)), Reason::AllowRule);
+    assert_eq!(t.check(Ingress, &v4(8, 3, true, 22)), Reason::AllowFragment);
+    assert_eq!(t.check(Ingress, &v4(8, 6, false, 22)), Reason::AllowFragment);
+    // First fragment to a closed port: the rest is dropped with it.
+    assert_eq!(t.check(Ingress, &v4(9, 0, true, 80)), Reason::DropNoRule);
+    assert_eq!(t.check(Ingress, &v4(9, 3, false, 80)), Reason::DropFragment);
+    // Another identification does not ride on an allowed one.
+    assert_eq!(t.check(Ingress, &v4(10, 3, false, 22)), Reason::DropFragment);
+}
