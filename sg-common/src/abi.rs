@@ -195,8 +195,27 @@ pub struct CidrKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrMatch {
-    /// Index of the first rule (in the instance's rule list) with this CIDR in the class.
-    pub rule_index: u32,
+    /// The first rule of the class with this CIDR: its 32-bit handle (the first four
+    /// bytes of its UUID; the rule's index where rules have no UUIDs), the key of its
+    /// counters in `RULE_STATS`.
+    pub rule_id: u32,
+}
+
+/// Per-CPU hash `RuleStatsKey -> RuleCounters`: packets and bytes each rule allowed.
+pub const MAP_RULE_STATS: &str = "RULE_STATS";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleStatsKey {
+    pub ifindex: u32,
+    pub rule_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// LPM trie key: the kernel's `struct bpf_lpm_trie_key` header followed by the data.
@@ -477,6 +496,8 @@ const _: () = {
     assert!(size_of::<DropEvent>() == 64);
     assert!(size_of::<FragKey>() == 44);
     assert!(size_of::<FragEntry>() == 8);
+    assert!(size_of::<RuleStatsKey>() == 8);
+    assert!(size_of::<RuleCounters>() == 16);
     assert!(size_of::<EventBudget>() == 24);
     assert!(size_of::<LpmKey<PortClassKey>>() == 16);
     assert!(size_of::<LpmKey<CidrKey>>() == 28);
@@ -502,5 +523,7 @@ mod pod {
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for RuleStatsKey {}
+    unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for EventBudget {}
 }

@@ -51,6 +51,15 @@ pub struct Prepared {
     pub compiled: CompiledPolicy,
     /// `IFACE_FLAG_*` bits.
     pub flags: u32,
+    /// Handles of the instance's rules (keys of their counters).
+    pub rule_ids: Vec<u32>,
+}
+
+/// A rule's 32-bit handle: the first four bytes of its UUID (the 8 hex characters an
+/// operator types to `rm` it).
+pub fn rule_handle(id: &uuid::Uuid) -> u32 {
+    let b = id.as_bytes();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// Checks and compiles; touches nothing.
@@ -71,7 +80,11 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
                 inst.interface
             );
         };
-        let rules = plain_rules(&inst.effective_rules());
+        let specs = inst.effective_rules();
+        let rules = plain_rules(&specs);
+        // Rules without a UUID (never stored) are counted under their index.
+        let rule_ids: Vec<u32> =
+            specs.iter().enumerate().map(|(i, s)| s.id.as_ref().map_or(i as u32, rule_handle)).collect();
         if rules.len() > limits.max_rules_per_instance {
             bail!(
                 "instance {}: {} rules exceed the limit of {} rules per instance (max_rules_per_instance)",
@@ -80,7 +93,12 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
                 limits.max_rules_per_instance
             );
         }
-        let compiled = compile_instance(0, &rules, &inst.geo_exempt);
+        let mut compiled = compile_instance(0, &rules, &inst.geo_exempt);
+        for e in &mut compiled.cidrs {
+            if let Some(id) = rule_ids.get(e.value.rule_id as usize) {
+                e.value.rule_id = *id;
+            }
+        }
         if compiled.len() > limits.max_entries_per_instance {
             bail!(
                 "instance {}: its rules compile to {} map entries, over the limit of {} (max_entries_per_instance); \
@@ -93,7 +111,7 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
         let geo = state.geo_block.as_ref().is_some_and(|g| g.applies_to(inst.os));
         let flags =
             if geo { IFACE_FLAG_GEO_BLOCK } else { 0 } | if inst.audit { IFACE_FLAG_AUDIT } else { 0 };
-        out.push(Prepared { ifindex, instance: inst.id.to_string(), compiled, flags });
+        out.push(Prepared { ifindex, instance: inst.id.to_string(), compiled, flags, rule_ids });
     }
     Ok(out)
 }
@@ -175,7 +193,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
     let old = dp.bindings()?;
     let mut bindings = BTreeMap::new();
     let mut next_id = dp.fresh_policy_id()?;
-    for Prepared { ifindex, instance, mut compiled, flags } in prepared {
+    for Prepared { ifindex, instance, mut compiled, flags, rule_ids } in prepared {
         let policy_id = next_id;
         next_id = next_id.checked_add(1).context("policy ids exhausted")?;
         // Re-key under the fresh id.
@@ -187,6 +205,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
         }
         compiled.policy_id = policy_id;
         dp.write_policy(&compiled).with_context(|| format!("instance {instance}"))?;
+        dp.ensure_rule_stats(ifindex, &rule_ids)?;
         bindings.insert(ifindex, (instance, policy_id, flags));
     }
     for (ifindex, (instance, _, _)) in &bindings {
@@ -207,6 +226,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
                 warn!(ifindex, "detaching: {e:#}");
             }
             dp.remove_iface_stats(*ifindex)?;
+            dp.ensure_rule_stats(*ifindex, &[])?;
             info!(ifindex, "enforcement removed");
         }
     }
@@ -240,6 +260,7 @@ pub fn replace_policy(
         return Err(e);
     }
     dp.ensure_iface_stats(ifindex)?;
+    dp.ensure_rule_stats(ifindex, &(0..rules.len() as u32).collect::<Vec<_>>())?;
     dp.bind(ifindex, IfacePolicy { policy_id, flags })?;
     dp.collect_garbage()?;
     Ok(policy_id)

@@ -385,6 +385,8 @@ fn apply_and_save(
 ) -> Result<()> {
     let (limits, capacity) = resolved.limits();
     let mut dp = Dataplane::open(&g.bpffs, capacity)?;
+    // Applying is where a new binary's programs replace the pinned ones.
+    dp.ensure_programs()?;
     let current_set = dp.geo_config()?.set_id;
     // Reads the database (when needed) before anything changes.
     let geo_plan = geo::plan(resolved.geo_block.as_ref(), &g.state_dir, current_set, force_geo_reload)?;
@@ -431,6 +433,10 @@ pub struct RuleRow {
     port_max: Option<u16>,
     protocol: String,
     cidr: IpNet,
+    /// Packets and bytes this rule allowed (new flows and stateless matches; replies
+    /// riding a tracked flow are counted under `stats`), when the data plane is up.
+    packets: Option<u64>,
+    bytes: Option<u64>,
 }
 
 fn list(g: &Global, state: &DesiredState, instance: Option<&str>, o: &mut Out) -> Result<()> {
@@ -475,10 +481,17 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>, o: &mut Out) -
                 .iter()
                 .find(|i| i.id.as_str() == id)
                 .with_context(|| format!("no instance {id}"))?;
+            // Counters are best effort: listing works without a data plane, and never
+            // creates one.
+            let counts = netns::ifindex(&inst.interface)
+                .filter(|_| g.bpffs.join(sg_common::abi::MAP_IFACE_POLICY).exists())
+                .and_then(|idx| open_dataplane_for(g, state).ok().and_then(|dp| dp.rule_counts(idx).ok()))
+                .unwrap_or_default();
             let rows: Vec<RuleRow> = inst
                 .effective_rules()
                 .iter()
                 .map(|s| {
+                    let hits = s.id.as_ref().and_then(|u| counts.get(&apply::rule_handle(u)));
                     let r = &s.rule;
                     let (pmin, pmax) = match (r.ports, r.icmp_type) {
                         (Some(p), _) => (Some(p.min), Some(p.max)),
@@ -493,6 +506,8 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>, o: &mut Out) -
                         port_max: pmax,
                         protocol: r.protocol.to_string(),
                         cidr: r.cidr,
+                        packets: hits.map(|h| h.0),
+                        bytes: hits.map(|h| h.1),
                     }
                 })
                 .collect();
@@ -501,25 +516,29 @@ fn list(g: &Global, state: &DesiredState, instance: Option<&str>, o: &mut Out) -
             } else {
                 outln!(
                     o,
-                    "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} Rule ID",
+                    "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} {:>10} {:>12} Rule ID",
                     "Direction",
                     "Internet protocol",
                     "Port (minimum)",
                     "Port (maximum)",
                     "Protocol",
                     "CIDR",
+                    "Packets",
+                    "Bytes",
                 );
                 let opt = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 for r in rows {
                     outln!(
                         o,
-                        "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} {}",
+                        "{:<9} {:<17} {:<14} {:<14} {:<8} {:<20} {:>10} {:>12} {}",
                         r.direction.as_str(),
                         r.ethertype.to_string(),
                         opt(r.port_min),
                         opt(r.port_max),
                         r.protocol,
                         r.cidr.to_string(),
+                        r.packets.map_or("-".to_string(), |p| p.to_string()),
+                        r.bytes.map_or("-".to_string(), |b| b.to_string()),
                         r.id
                     );
                 }

@@ -56,7 +56,7 @@ pub fn compile_instance(policy_id: u32, rules: &[Rule], geo_exempt: &[IpNet]) ->
         out.cidrs.push(LpmEntry {
             prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
             key: CidrKey { policy_id, class_id: sg_common::abi::GEO_EXEMPT_CLASS, addr: addr_bytes(cidr) },
-            value: CidrMatch { rule_index: u32::MAX },
+            value: CidrMatch { rule_id: u32::MAX },
         });
     }
     out
@@ -144,7 +144,7 @@ fn emit_cidrs(
         out.cidrs.push(LpmEntry {
             prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
             key: CidrKey { policy_id, class_id, addr: addr_bytes(&cidr) },
-            value: CidrMatch { rule_index: rule_index as u32 },
+            value: CidrMatch { rule_id: rule_index as u32 },
         });
     }
 }
@@ -231,7 +231,7 @@ pub fn lookup(
         .iter()
         .filter(|e| prefix_match(&cidr_key_bytes(&e.key), &cidr_key_bytes(&want), e.prefix_len))
         .max_by_key(|e| e.prefix_len)
-        .map(|e| e.value.rule_index)
+        .map(|e| e.value.rule_id)
 }
 
 fn port_key_bytes(k: &PortClassKey) -> Vec<u8> {

@@ -24,7 +24,10 @@ use sg_common::abi::{
     MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY, MAP_IFACE_STATS, MAP_PORT_CLASS,
     MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
 };
-use sg_common::abi::{GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters};
+use sg_common::abi::{
+    GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters, MAP_RULE_STATS, RuleCounters,
+    RuleStatsKey,
+};
 use tracing::{debug, info};
 
 use crate::compile::CompiledPolicy;
@@ -40,6 +43,8 @@ pub struct Capacity {
     pub cidr_entries: u32,
     /// Networks of geo-blocked countries (two sets coexist during a swap).
     pub geo_entries: u32,
+    /// Per-rule counters (all instances).
+    pub rule_stats: u32,
     /// Confirmed (established / replied) flows.
     pub ct_entries: u32,
     /// Unconfirmed flows (handshakes, unreplied).
@@ -55,6 +60,7 @@ impl Default for Capacity {
             ct_entries: 262_144,
             ct_new_entries: 65_536,
             geo_entries: 600_000,
+            rule_stats: 262_144,
         }
     }
 }
@@ -81,6 +87,13 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
         info!("mounted bpffs on /sys/fs/bpf");
     }
     Ok(())
+}
+
+/// FNV-1a of the embedded eBPF object: identifies the programs this binary carries.
+fn object_hash() -> u64 {
+    EBPF_OBJECT
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Whether a map error means "no such key" (aya reports ENOENT from delete as a
@@ -118,6 +131,7 @@ impl Dataplane {
             .map_max_entries(MAP_CT_NEW, capacity.ct_new_entries)
             .map_max_entries(MAP_GEO_BLOCK, capacity.geo_entries)
             .map_max_entries(MAP_IFACE_STATS, capacity.interfaces)
+            .map_max_entries(MAP_RULE_STATS, capacity.rule_stats)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         // Pinned maps keep the size they were created with: the kernel's is the truth.
@@ -142,7 +156,10 @@ impl Dataplane {
             }
         }
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
-        dp.ensure_programs()?;
+        // First use of this directory: load and pin the programs now.
+        if !dp.prog_pin("prog_egress").exists() || !dp.prog_pin("prog_ingress").exists() {
+            dp.ensure_programs()?;
+        }
         Ok(dp)
     }
 
@@ -159,9 +176,22 @@ impl Dataplane {
     /// hash of the instructions), the new ones replace them in every link with
     /// `bpf_link_update`, atomically per hook, keeping the pinned maps and so every
     /// tracked connection.
-    fn ensure_programs(&mut self) -> Result<()> {
+    pub fn ensure_programs(&mut self) -> Result<()> {
+        let hash = object_hash();
+        let meta: Array<&MapData, u64> = Array::try_from(self.ebpf.map("SG_META").context("SG_META map")?)?;
+        let pinned_hash = meta.get(&0, 0)?;
+        if pinned_hash == hash
+            && self.prog_pin("prog_egress").exists()
+            && self.prog_pin("prog_ingress").exists()
+        {
+            return Ok(()); // the pinned programs are this binary's
+        }
         self.ensure_xdp()?;
-        self.ensure_tc()
+        self.ensure_tc()?;
+        let mut meta: Array<&mut MapData, u64> =
+            Array::try_from(self.ebpf.map_mut("SG_META").context("SG_META map")?)?;
+        meta.set(0, &hash, 0)?;
+        Ok(())
     }
 
     fn ensure_xdp(&mut self) -> Result<()> {
@@ -529,6 +559,49 @@ impl Dataplane {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Makes `RULE_STATS` hold exactly the rules `rule_ids` of `ifindex`: creates
+    /// missing counters (zero), keeps existing ones (they survive rule changes that keep
+    /// the rule), deletes those of rules gone.
+    pub fn ensure_rule_stats(&mut self, ifindex: u32, rule_ids: &[u32]) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+        let mut map: PerCpuHashMap<&mut MapData, RuleStatsKey, RuleCounters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_RULE_STATS).context("RULE_STATS map")?)?;
+        let existing: Vec<RuleStatsKey> =
+            map.keys().filter_map(|k| k.ok()).filter(|k| k.ifindex == ifindex).collect();
+        for k in &existing {
+            if !rule_ids.contains(&k.rule_id) {
+                match map.remove(k) {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for &rule_id in rule_ids {
+            let key = RuleStatsKey { ifindex, rule_id };
+            if !existing.contains(&key) {
+                let values = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?;
+                map.insert(&key, values, 0).context("creating RULE_STATS entry (capacity: rule_stats)")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// rule id -> (packets, bytes) allowed by the rule on `ifindex`, summed over CPUs.
+    pub fn rule_counts(&self, ifindex: u32) -> Result<BTreeMap<u32, (u64, u64)>> {
+        let map: PerCpuHashMap<&MapData, RuleStatsKey, RuleCounters> =
+            PerCpuHashMap::try_from(self.ebpf.map(MAP_RULE_STATS).context("RULE_STATS map")?)?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (k, values) = item?;
+            if k.ifindex == ifindex {
+                let sum = values.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                out.insert(k.rule_id, sum);
+            }
+        }
+        Ok(out)
     }
 
     /// Packets per reason of one interface, summed over CPUs.

@@ -367,6 +367,7 @@ impl DesiredState {
             ct_entries: l.conntrack_entries.unwrap_or(dc.ct_entries),
             ct_new_entries: l.conntrack_new_entries.unwrap_or(dc.ct_new_entries),
             geo_entries: l.geo_entries.unwrap_or(dc.geo_entries),
+            rule_stats: dc.rule_stats,
         };
         (limits, capacity)
     }

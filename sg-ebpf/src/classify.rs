@@ -14,14 +14,15 @@ pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
     unsafe { IFACE_POLICY.get(&ifindex) }.copied()
 }
 
-/// Whether a rule of `direction` in `policy_id` allows the packet.
+/// The rule of `direction` in `policy_id` that allows the packet (its id), if any.
 #[inline(always)]
-pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Reason {
+pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Option<u32> {
     let remote = if direction == DIR_INGRESS { &meta.src } else { &meta.dst };
-    classify_fields(policy_id, direction, meta.family, meta.protocol, meta.port_key, remote)
+    matching_rule(policy_id, direction, meta.family, meta.protocol, meta.port_key, remote)
 }
 
-/// [`classify`] on the fields it needs (conntrack re-checks opening packets with it).
+/// Whether a rule allows a packet with these fields (conntrack re-checks opening
+/// packets with it).
 #[inline(always)]
 pub fn classify_fields(
     policy_id: u32,
@@ -31,14 +32,28 @@ pub fn classify_fields(
     port_key: u16,
     remote: &[u8; 16],
 ) -> Reason {
+    match matching_rule(policy_id, direction, family, protocol, port_key, remote) {
+        Some(_) => Reason::AllowRule,
+        None => Reason::DropNoRule,
+    }
+}
+
+/// Two LPM lookups: port -> class, then remote address within the class.
+#[inline(always)]
+fn matching_rule(
+    policy_id: u32,
+    direction: u8,
+    family: u8,
+    protocol: u8,
+    port_key: u16,
+    remote: &[u8; 16],
+) -> Option<u32> {
     let port_key = Key::new(
         80,
         PortClassKey { policy_id, direction, family, protocol, _pad: 0, port_be: port_key.to_be(), _pad2: 0 },
     );
-    let Some(class) = PORT_CLASS.get(&port_key) else {
-        return Reason::DropNoRule;
-    };
+    let class = PORT_CLASS.get(&port_key)?;
     let cidr_key =
         Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id: class.class_id, addr: *remote });
-    if CIDR_ALLOW.get(&cidr_key).is_some() { Reason::AllowRule } else { Reason::DropNoRule }
+    CIDR_ALLOW.get(&cidr_key).map(|m| m.rule_id)
 }

@@ -33,7 +33,8 @@ use crate::parse::Bounds;
 pub fn sg_instance_egress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let bounds = Bounds { start: ctx.data(), end: ctx.data_end() };
-    match verdict::decide(ifindex, DIR_EGRESS, &bounds) {
+    let len = (bounds.end - bounds.start) as u32;
+    match verdict::decide(ifindex, DIR_EGRESS, &bounds, len) {
         verdict::Action::Pass => xdp_action::XDP_PASS,
         verdict::Action::Drop => xdp_action::XDP_DROP,
     }
@@ -55,7 +56,7 @@ pub fn sg_instance_ingress(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let bounds = Bounds { start: ctx.data(), end: ctx.data_end() };
-    match verdict::decide(ifindex, DIR_INGRESS, &bounds) {
+    match verdict::decide(ifindex, DIR_INGRESS, &bounds, ctx.len()) {
         // UNSPEC lets later tcx programs run (and passes if there are none).
         verdict::Action::Pass => TC_ACT_UNSPEC,
         verdict::Action::Drop => TC_ACT_SHOT as i32,

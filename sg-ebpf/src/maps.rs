@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sg_common::abi::{
     CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig, GeoKey,
-    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, Reason,
+    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, Reason, RuleCounters, RuleStatsKey,
 };
 
 /// ifindex -> policy of the instance behind it.
@@ -62,3 +62,13 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 /// Allowed first fragments: the rest of their packet follows their verdict (LRU).
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(16_384, 0);
+
+/// {ifindex, rule} -> packets and bytes the rule allowed, per CPU (the daemon creates
+/// the entries; the kernel only increments).
+#[map]
+pub static RULE_STATS: PerCpuHashMap<RuleStatsKey, RuleCounters> = PerCpuHashMap::pinned(262_144, 0);
+
+/// 0 -> hash of the eBPF object whose programs are pinned: lets the daemon skip
+/// re-verifying unchanged programs, and spot an upgrade.
+#[map]
+pub static SG_META: Array<u64> = Array::pinned(4, 0);

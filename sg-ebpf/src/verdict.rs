@@ -2,13 +2,14 @@
 //! then count the [`Reason`] and turn it into pass/drop.
 use sg_common::abi::{
     DIR_INGRESS, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason,
+    RuleStatsKey,
 };
 
 use crate::{
     classify,
     conntrack::{self, Tracked},
     events, fragments, geo,
-    maps::{IFACE_STATS, VERDICT_STATS},
+    maps::{IFACE_STATS, RULE_STATS, VERDICT_STATS},
     parse,
 };
 
@@ -19,7 +20,7 @@ pub enum Action {
 
 /// Decides one packet of interface `ifindex` travelling in `direction`.
 #[inline(always)]
-pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
+pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds, len: u32) -> Action {
     let Some(policy) = classify::policy_of(ifindex) else {
         return Action::Pass; // not a managed instance: never touched
     };
@@ -31,7 +32,7 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
             reason
         }
         parse::Parsed::Ip(meta) => {
-            let reason = decide_ip(ifindex, &policy, direction, &meta);
+            let reason = decide_ip(ifindex, &policy, direction, &meta, len);
             if !reason.is_allow() {
                 events::emit(ifindex, direction, reason, Some(&meta));
             }
@@ -44,11 +45,11 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds) -> Action {
 }
 
 #[inline(always)]
-fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta) -> Reason {
+fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta, len: u32) -> Reason {
     if meta.frag == FRAG_REST {
         return fragments::follow(ifindex, meta);
     }
-    let reason = decide_packet(ifindex, policy, direction, meta);
+    let reason = decide_packet(ifindex, policy, direction, meta, len);
     if meta.frag == FRAG_FIRST && reason.is_allow() {
         fragments::remember(ifindex, meta);
     }
@@ -56,7 +57,7 @@ fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Me
 }
 
 #[inline(always)]
-fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta) -> Reason {
+fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta, len: u32) -> Reason {
     // The geo block wins over rules and tracked flows alike.
     if direction == DIR_INGRESS
         && policy.flags & IFACE_FLAG_GEO_BLOCK != 0
@@ -67,14 +68,15 @@ fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse
     match conntrack::track(ifindex, policy.policy_id, direction, meta) {
         Tracked::Decided(reason) => reason,
         Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, meta) {
-            Reason::AllowRule => {
+            Some(rule_id) => {
                 if let Some(key) = &key {
                     conntrack::open(key, policy.policy_id, direction, meta);
                 }
+                count_rule(ifindex, rule_id, len);
                 Reason::AllowRule
             }
-            _ if revoked => Reason::DropRevoked,
-            other => other,
+            None if revoked => Reason::DropRevoked,
+            None => Reason::DropNoRule,
         },
     }
 }
@@ -88,5 +90,16 @@ fn count(ifindex: u32, reason: Reason) {
     if let Some(c) = IFACE_STATS.get_ptr_mut(&ifindex) {
         // SAFETY: per-CPU value; the index is masked into the array.
         unsafe { (*c).packets[(reason as usize) & 15] += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_rule(ifindex: u32, rule_id: u32, len: u32) {
+    if let Some(c) = RULE_STATS.get_ptr_mut(&RuleStatsKey { ifindex, rule_id }) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
     }
 }
