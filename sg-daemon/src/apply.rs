@@ -145,13 +145,29 @@ pub fn apply(
         );
     }
 
-    let timeouts =
-        state.conntrack.as_ref().map(|c| c.timeouts.resolve()).unwrap_or(sg_common::abi::CtTimeouts::DEFAULT);
-    dp.set_timeouts(&timeouts).context("setting conntrack timeouts")?;
+    if let GeoPlan::Load { prefixes, .. } = &geo {
+        // The old set stays until the switch: both must fit.
+        let current = dp.geo_config()?.set_id;
+        let old = if current != 0 { dp.geo_set_len(current)? } else { 0 };
+        let cap = dp.capacity.geo_entries as usize;
+        if old + prefixes.len() > cap {
+            bail!(
+                "geo prefix set of {} prefixes does not fit: GEO_BLOCK holds {cap} entries (geo_entries) and the \
+                 set in force ({old}) stays until the switch; raise limits.geo_entries to at least {} \
+                 (maps are resized by `sg-daemon uninstall` then apply)",
+                prefixes.len(),
+                old + prefixes.len()
+            );
+        }
+    }
     let loaded = apply_geo(dp, geo)?;
     let result = write_and_bind(dp, prepared);
     let removed = dp.collect_garbage().context("collecting unreferenced entries")?;
     result?;
+    // Last, so a refused apply leaves the timeouts in force too.
+    let timeouts =
+        state.conntrack.as_ref().map(|c| c.timeouts.resolve()).unwrap_or(sg_common::abi::CtTimeouts::DEFAULT);
+    dp.set_timeouts(&timeouts).context("setting conntrack timeouts")?;
     info!(removed, "apply complete");
     Ok(loaded)
 }

@@ -59,7 +59,7 @@ impl Default for Capacity {
             cidr_entries: 262_144,
             ct_entries: 262_144,
             ct_new_entries: 65_536,
-            geo_entries: 600_000,
+            geo_entries: 1_000_000,
             rule_stats: 262_144,
         }
     }

@@ -272,6 +272,13 @@ impl From<PortSpec> for String {
 impl GeoBlockConfig {
     /// Checks everything but the database itself (read at apply time).
     pub fn validate(&self) -> Result<Vec<sg_geo::CountryCode>, String> {
+        if self.database.is_relative() {
+            return Err(format!(
+                "geo_block.database `{}` is a relative path; give an absolute one (the stored state is \
+                 re-applied from other directories, by the agent and after a reboot)",
+                self.database.display()
+            ));
+        }
         if self.countries.is_empty() {
             return Err("geo_block.countries: list at least one country".into());
         }

@@ -40,7 +40,7 @@ pub static CT_CONFIG: Array<CtTimeouts> = Array::pinned(1, 0);
 
 /// {prefix set, family, address} -> country of the geo-blocked networks.
 #[map]
-pub static GEO_BLOCK: LpmTrie<GeoKey, GeoValue> = LpmTrie::pinned(600_000, 0);
+pub static GEO_BLOCK: LpmTrie<GeoKey, GeoValue> = LpmTrie::pinned(1_000_000, 0);
 
 /// 0 -> geo-block configuration (set id 0: off).
 #[map]
