@@ -55,12 +55,21 @@ impl Response {
 pub fn run(g: Global, args: AgentArgs) -> Result<()> {
     // Threads started from here on inherit the network namespace entered by main.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(g, args))
+    let result = rt.block_on(serve(g, args));
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Blocking helpers (the event pump) notice STOP within their poll interval.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
 }
+
+/// Set when the agent stops, for its blocking helper threads.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn serve(g: Global, args: AgentArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
-    // Reconcile first: the kernel matches the stored state before anything is served.
+    // Claim the socket first: a second agent must not reconcile under a running one.
+    let listener = bind_socket(&g.socket, args.socket_gid)?;
+    // Reconcile before serving: the kernel matches the stored state first.
     let started = Instant::now();
     let g2 = g.clone();
     let rec = tokio::task::spawn_blocking(move || {
@@ -86,7 +95,6 @@ async fn serve(g: Global, args: AgentArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || event_pump(&g8, &recent8, &tx8));
     }
 
-    let listener = bind_socket(&g.socket, args.socket_gid)?;
     info!(socket = %g.socket.display(), "serving operator commands");
     notify_ready();
 
@@ -195,18 +203,22 @@ fn event_pump(
     recent: &std::sync::Mutex<crate::events::Recent>,
     tx: &tokio::sync::broadcast::Sender<crate::events::EventRow>,
 ) {
+    let stopping = || STOP.load(std::sync::atomic::Ordering::Relaxed);
     let mut reader = loop {
+        if stopping() {
+            return;
+        }
         match crate::events::EventReader::open(&g.bpffs) {
             Ok(r) => break r,
             Err(e) => {
                 warn!("drop events unavailable, retrying: {e:#}");
-                std::thread::sleep(Duration::from_secs(5));
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
     let mut names = std::collections::BTreeMap::new();
     let mut last_names = Instant::now() - Duration::from_secs(60);
-    loop {
+    while !stopping() {
         let batch = reader.drain();
         if !batch.is_empty() {
             if last_names.elapsed() > Duration::from_secs(5) {
@@ -278,6 +290,9 @@ async fn handle(
     let cred = stream.peer_cred()?;
     let allowed = cred.uid() == 0 || gid.is_some_and(|g| g == cred.gid());
     if !allowed {
+        // Read (and ignore) the request first, so the client is not cut off mid-write
+        // and sees the refusal.
+        let _ = read_request(&mut stream).await;
         let resp = Response::error(
             13,
             format!("permission denied: uid {} may not use the sg control socket (root only)", cred.uid()),
@@ -385,7 +400,8 @@ pub fn forward(socket: &Path, argv: Vec<String>) -> Option<Result<Response>> {
         let req = Request { argv, cwd: std::env::current_dir().ok() };
         let mut bytes = serde_json::to_vec(&req)?;
         bytes.push(b'\n');
-        stream.write_all(&bytes)?;
+        // A refusal may arrive before the request is read; the reply still says why.
+        let _ = stream.write_all(&bytes);
         let mut reader = std::io::BufReader::new(stream);
         loop {
             let mut line = String::new();

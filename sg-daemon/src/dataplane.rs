@@ -122,19 +122,9 @@ impl Dataplane {
         if !is_bpffs(dir) {
             bail!("{} is not on a bpffs mount; pins would not survive", dir.display());
         }
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(dir)
-            .map_max_entries(MAP_IFACE_POLICY, capacity.interfaces)
-            .map_max_entries(MAP_PORT_CLASS, capacity.port_class_entries)
-            .map_max_entries(MAP_CIDR_ALLOW, capacity.cidr_entries)
-            .map_max_entries(MAP_CT, capacity.ct_entries)
-            .map_max_entries(MAP_CT_NEW, capacity.ct_new_entries)
-            .map_max_entries(MAP_GEO_BLOCK, capacity.geo_entries)
-            .map_max_entries(MAP_IFACE_STATS, capacity.interfaces)
-            .map_max_entries(MAP_RULE_STATS, capacity.rule_stats)
-            .load(EBPF_OBJECT)
-            .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
-        // Pinned maps keep the size they were created with: the kernel's is the truth.
+        // Pinned maps keep the size they were created with (the loader refuses to reuse
+        // a pin of another size): their size is the truth, a different request only
+        // takes effect after `uninstall`.
         let mut actual = capacity;
         for (name, field) in [
             (MAP_IFACE_POLICY, &mut actual.interfaces),
@@ -143,8 +133,13 @@ impl Dataplane {
             (MAP_CT, &mut actual.ct_entries),
             (MAP_CT_NEW, &mut actual.ct_new_entries),
             (MAP_GEO_BLOCK, &mut actual.geo_entries),
+            (MAP_RULE_STATS, &mut actual.rule_stats),
         ] {
-            let max = MapData::from_pin(dir.join(name))?.info()?.max_entries();
+            let pin = dir.join(name);
+            if !pin.exists() {
+                continue;
+            }
+            let max = MapData::from_pin(&pin)?.info()?.max_entries();
             if max != *field {
                 tracing::warn!(
                     map = name,
@@ -155,6 +150,22 @@ impl Dataplane {
                 *field = max;
             }
         }
+        let iface_stats = match dir.join(MAP_IFACE_STATS) {
+            p if p.exists() => MapData::from_pin(&p)?.info()?.max_entries(),
+            _ => actual.interfaces,
+        };
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .map_max_entries(MAP_IFACE_POLICY, actual.interfaces)
+            .map_max_entries(MAP_PORT_CLASS, actual.port_class_entries)
+            .map_max_entries(MAP_CIDR_ALLOW, actual.cidr_entries)
+            .map_max_entries(MAP_CT, actual.ct_entries)
+            .map_max_entries(MAP_CT_NEW, actual.ct_new_entries)
+            .map_max_entries(MAP_GEO_BLOCK, actual.geo_entries)
+            .map_max_entries(MAP_IFACE_STATS, iface_stats)
+            .map_max_entries(MAP_RULE_STATS, actual.rule_stats)
+            .load(EBPF_OBJECT)
+            .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
         // First use of this directory: load and pin the programs now.
         if !dp.prog_pin("prog_egress").exists() || !dp.prog_pin("prog_ingress").exists() {

@@ -269,6 +269,9 @@ impl SgDaemon {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args).env("SG_BPFFS", &self.bpffs).env("SG_STATE_DIR", &self.state_dir);
+        // A private socket path nobody listens on: commands never reach an agent that
+        // happens to run on this machine (tests that want an agent set their own).
+        cmd.env("SG_SOCKET", self.state_dir.join("no-agent.sock")).env_remove("SG_NO_AGENT");
         match &self.netns {
             Some(ns) => cmd.env("SG_NETNS", ns),
             None => cmd.env_remove("SG_NETNS"),
