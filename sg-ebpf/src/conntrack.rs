@@ -1,6 +1,5 @@
 //! Connection tracking. The reference twin, with the semantics spelled out, is
 //! `sg_common::conntrack`; both must decide every packet sequence alike.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sg_common::abi::{
     CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_RECV, CT_TCP_SYN_SENT,
     CT_UNREPLIED, CtEntry, CtKey, CtTimeouts, DIR_EGRESS, DIR_INGRESS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
@@ -10,6 +9,7 @@ use sg_common::abi::{
 
 use crate::{
     classify::classify_fields,
+    clock::Clock,
     maps::{CT, CT_CONFIG, CT_NEW},
     parse::{Inner, Meta},
 };
@@ -179,16 +179,16 @@ fn step(state: u8, is_origin: bool, m: &Meta) -> Option<u8> {
 
 /// A live entry for `key`: (pointer, in CT (confirmed) or CT_NEW).
 #[inline(always)]
-fn lookup(key: &CtKey, now: u64, t: &CtTimeouts) -> Option<(*mut CtEntry, bool)> {
+fn lookup(key: &CtKey, clock: &mut Clock, t: &CtTimeouts) -> Option<(*mut CtEntry, bool)> {
     if let Some(p) = CT.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this program run.
-        if alive(unsafe { &*p }, key.protocol, now, t) {
+        if alive(unsafe { &*p }, key.protocol, clock.now(), t) {
             return Some((p, true));
         }
     }
     if let Some(p) = CT_NEW.get_ptr_mut(key) {
         // SAFETY: as above.
-        if alive(unsafe { &*p }, key.protocol, now, t) {
+        if alive(unsafe { &*p }, key.protocol, clock.now(), t) {
             return Some((p, false));
         }
     }
@@ -202,14 +202,13 @@ fn remove(key: &CtKey, confirmed: bool) {
 
 /// Tracking step before the rules.
 #[inline(always)]
-pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta) -> Tracked {
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta, clock: &mut Clock) -> Tracked {
     let t = timeouts();
     let mut revoked = false;
 
     if m.inner.valid != 0 {
         let key = related_key(ifindex, direction, &m.inner);
-        if let Some((p, confirmed)) = lookup(&key, now, &t) {
+        if let Some((p, confirmed)) = lookup(&key, clock, &t) {
             // SAFETY: map value pointer.
             let e = unsafe { &*p };
             if e.policy_id == policy_id || still_allowed(policy_id, &key, e) {
@@ -222,7 +221,7 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta) -> Tracked {
 
     let key = flow_key(ifindex, direction, m);
     if let Some(key) = &key
-        && let Some((p, confirmed)) = lookup(key, now, &t)
+        && let Some((p, confirmed)) = lookup(key, clock, &t)
     {
         // SAFETY: map value pointer; plain-data writes.
         let e = unsafe { &mut *p };
@@ -238,7 +237,7 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta) -> Tracked {
         }
         if valid && let Some(state) = step(e.state, e.origin == direction, m) {
             e.state = state;
-            e.last_seen_ns = now;
+            e.last_seen_ns = clock.now();
             let want_confirmed = is_confirmed(key.protocol, state);
             if want_confirmed != confirmed {
                 let moved = *e;
@@ -254,7 +253,7 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta) -> Tracked {
 
 /// After a rule allowed `m`: open a flow if the packet can open one.
 #[inline(always)]
-pub fn open(key: &CtKey, policy_id: u32, direction: u8, m: &Meta) {
+pub fn open(key: &CtKey, policy_id: u32, direction: u8, m: &Meta, clock: &mut Clock) {
     let state = match m.protocol {
         IPPROTO_TCP => {
             if m.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
@@ -270,7 +269,7 @@ pub fn open(key: &CtKey, policy_id: u32, direction: u8, m: &Meta) {
         }
         _ => CT_UNREPLIED,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock.now();
     let entry = CtEntry {
         last_seen_ns: now,
         created_ns: now,

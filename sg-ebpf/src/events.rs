@@ -1,17 +1,17 @@
 //! Drop events to the agent through a ring buffer, rate-limited per CPU so a flood of
 //! dropped packets cannot starve the agent (the excess is counted, not sent).
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sg_common::abi::{DropEvent, EVENTS_PER_CPU_PER_SEC, Reason};
 
 use crate::{
+    clock::Clock,
     maps::{EVENT_BUDGET, EVENTS},
     parse::Meta,
 };
 
 #[inline(always)]
-pub fn emit(ifindex: u32, direction: u8, reason: Reason, meta: Option<&Meta>) {
+pub fn emit(ifindex: u32, direction: u8, reason: Reason, meta: Option<&Meta>, clock: &mut Clock) {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else { return };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock.now();
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
     let b = unsafe { &mut *budget };
     if now.wrapping_sub(b.window_start_ns) >= 1_000_000_000 {

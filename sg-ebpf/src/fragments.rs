@@ -2,10 +2,9 @@
 //! allowed first fragment lets the rest of its packet (same addresses, protocol and
 //! identification, within `FRAG_TIMEOUT_NS`) through. Anything else is dropped: a
 //! fragment never passes for want of ports. Reference twin: `sg_common::conntrack`.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sg_common::abi::{FRAG_TIMEOUT_NS, FragEntry, FragKey, Reason};
 
-use crate::{maps::FRAGS, parse::Meta};
+use crate::{clock::Clock, maps::FRAGS, parse::Meta};
 
 #[inline(always)]
 fn key(ifindex: u32, m: &Meta) -> FragKey {
@@ -22,18 +21,17 @@ fn key(ifindex: u32, m: &Meta) -> FragKey {
 
 /// Verdict of a non-first fragment.
 #[inline(always)]
-pub fn follow(ifindex: u32, m: &Meta) -> Reason {
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn follow(ifindex: u32, m: &Meta, clock: &mut Clock) -> Reason {
     // SAFETY: plain-data map value.
     match unsafe { FRAGS.get(&key(ifindex, m)) } {
-        Some(e) if now.saturating_sub(e.allowed_ns) <= FRAG_TIMEOUT_NS => Reason::AllowFragment,
+        Some(e) if clock.now().saturating_sub(e.allowed_ns) <= FRAG_TIMEOUT_NS => Reason::AllowFragment,
         _ => Reason::DropFragment,
     }
 }
 
 /// Records an allowed first fragment.
 #[inline(always)]
-pub fn remember(ifindex: u32, m: &Meta) {
-    let entry = FragEntry { allowed_ns: unsafe { bpf_ktime_get_ns() } };
+pub fn remember(ifindex: u32, m: &Meta, clock: &mut Clock) {
+    let entry = FragEntry { allowed_ns: clock.now() };
     let _ = FRAGS.insert(&key(ifindex, m), &entry, 0);
 }

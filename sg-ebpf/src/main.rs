@@ -10,6 +10,7 @@
 
 mod bench;
 mod classify;
+mod clock;
 mod conntrack;
 mod events;
 mod fragments;

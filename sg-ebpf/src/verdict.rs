@@ -7,6 +7,7 @@ use sg_common::abi::{
 
 use crate::{
     classify,
+    clock::Clock,
     conntrack::{self, Tracked},
     events, fragments, geo,
     maps::{IFACE_STATS, RULE_STATS, VERDICT_STATS},
@@ -24,17 +25,18 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds, len: u32) -> 
     let Some(policy) = classify::policy_of(ifindex) else {
         return Action::Pass; // not a managed instance: never touched
     };
+    let mut clock = Clock::new();
     let reason = match parse::parse(bounds) {
         parse::Parsed::Decided(reason) => {
             if !reason.is_allow() {
-                events::emit(ifindex, direction, reason, None);
+                events::emit(ifindex, direction, reason, None, &mut clock);
             }
             reason
         }
         parse::Parsed::Ip(meta) => {
-            let reason = decide_ip(ifindex, &policy, direction, &meta, len);
+            let reason = decide_ip(ifindex, &policy, direction, &meta, len, &mut clock);
             if !reason.is_allow() {
-                events::emit(ifindex, direction, reason, Some(&meta));
+                events::emit(ifindex, direction, reason, Some(&meta), &mut clock);
             }
             reason
         }
@@ -45,19 +47,33 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds, len: u32) -> 
 }
 
 #[inline(always)]
-fn decide_ip(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta, len: u32) -> Reason {
+fn decide_ip(
+    ifindex: u32,
+    policy: &IfacePolicy,
+    direction: u8,
+    meta: &parse::Meta,
+    len: u32,
+    clock: &mut Clock,
+) -> Reason {
     if meta.frag == FRAG_REST {
-        return fragments::follow(ifindex, meta);
+        return fragments::follow(ifindex, meta, clock);
     }
-    let reason = decide_packet(ifindex, policy, direction, meta, len);
+    let reason = decide_packet(ifindex, policy, direction, meta, len, clock);
     if meta.frag == FRAG_FIRST && reason.is_allow() {
-        fragments::remember(ifindex, meta);
+        fragments::remember(ifindex, meta, clock);
     }
     reason
 }
 
 #[inline(always)]
-fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse::Meta, len: u32) -> Reason {
+fn decide_packet(
+    ifindex: u32,
+    policy: &IfacePolicy,
+    direction: u8,
+    meta: &parse::Meta,
+    len: u32,
+    clock: &mut Clock,
+) -> Reason {
     // The geo block wins over rules and tracked flows alike.
     if direction == DIR_INGRESS
         && policy.flags & IFACE_FLAG_GEO_BLOCK != 0
@@ -65,12 +81,12 @@ fn decide_packet(ifindex: u32, policy: &IfacePolicy, direction: u8, meta: &parse
     {
         return Reason::DropGeo;
     }
-    match conntrack::track(ifindex, policy.policy_id, direction, meta) {
+    match conntrack::track(ifindex, policy.policy_id, direction, meta, clock) {
         Tracked::Decided(reason) => reason,
         Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, meta) {
             Some(rule_id) => {
                 if let Some(key) = &key {
-                    conntrack::open(key, policy.policy_id, direction, meta);
+                    conntrack::open(key, policy.policy_id, direction, meta, clock);
                 }
                 count_rule(ifindex, rule_id, len);
                 Reason::AllowRule
