@@ -24,14 +24,13 @@ pub const MAP_IFACE_POLICY: &str = "IFACE_POLICY";
 pub const MAP_PORT_CLASS: &str = "PORT_CLASS";
 /// `LpmKey<CidrKey> -> CidrMatch`.
 pub const MAP_CIDR_ALLOW: &str = "CIDR_ALLOW";
-/// Per-CPU array `Reason as u32 -> u64` packet counters.
-pub const MAP_VERDICT_STATS: &str = "VERDICT_STATS";
 
 /// `LpmKey<GeoKey> -> GeoValue`: networks of the geo-blocked countries.
 pub const MAP_GEO_BLOCK: &str = "GEO_BLOCK";
 /// Array `0 -> GeoConfig`.
 pub const MAP_GEO_CONFIG: &str = "GEO_CONFIG";
-/// Per-CPU hash `ifindex -> IfaceCounters`: packets per reason of each instance.
+/// Per-CPU array `IfacePolicy::stats_slot -> IfaceCounters`: packets per reason of each
+/// instance (host totals are their sum).
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
 
 /// `IfacePolicy::flags`: ingress to the geo-blocked ports is checked against `GEO_BLOCK`.
@@ -158,6 +157,10 @@ pub struct IfacePolicy {
     pub policy_id: u32,
     /// `IFACE_FLAG_*` bits.
     pub flags: u32,
+    /// Index of the interface's counters in `IFACE_STATS` (a per-CPU array: its
+    /// lookups are inlined by the verifier, no helper call per packet).
+    pub stats_slot: u32,
+    pub _pad: u32,
 }
 
 /// Key data of [`MAP_PORT_CLASS`]; multi-byte fields in network byte order so that
@@ -479,7 +482,7 @@ pub const MAX_VLAN_TAGS: usize = 2;
 // Layout checks: the kernel reads these bytes as they are; no implicit padding.
 const _: () = {
     use core::mem::{align_of, size_of};
-    assert!(size_of::<IfacePolicy>() == 8);
+    assert!(size_of::<IfacePolicy>() == 16);
     assert!(size_of::<PortClassKey>() == 12);
     assert!(size_of::<PortClass>() == 4);
     assert!(size_of::<CidrKey>() == 24);

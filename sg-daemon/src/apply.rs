@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use sg_common::abi::{IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy};
+use sg_common::abi::{IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK};
 use tracing::{info, warn};
 
 use crate::compile::{CompiledPolicy, compile_instance};
@@ -225,11 +225,10 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
         bindings.insert(ifindex, (instance, policy_id, flags));
     }
     for (ifindex, (instance, _, _)) in &bindings {
-        dp.ensure_iface_stats(*ifindex)?;
         dp.attach(*ifindex).with_context(|| format!("instance {instance}"))?;
     }
     for (ifindex, (instance, policy_id, flags)) in &bindings {
-        dp.bind(*ifindex, IfacePolicy { policy_id: *policy_id, flags: *flags })?;
+        dp.bind(*ifindex, *policy_id, *flags)?;
         info!(%instance, ifindex, policy_id, flags, "rules in force");
     }
     // Instances that left: stop enforcing (unbind first: packets pass), then detach.
@@ -241,7 +240,6 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
             if let Err(e) = dp.detach(*ifindex) {
                 warn!(ifindex, "detaching: {e:#}");
             }
-            dp.remove_iface_stats(*ifindex)?;
             dp.ensure_rule_stats(*ifindex, &[])?;
             info!(ifindex, "enforcement removed");
         }
@@ -275,9 +273,8 @@ pub fn replace_policy(
         dp.collect_garbage()?;
         return Err(e);
     }
-    dp.ensure_iface_stats(ifindex)?;
     dp.ensure_rule_stats(ifindex, &(0..rules.len() as u32).collect::<Vec<_>>())?;
-    dp.bind(ifindex, IfacePolicy { policy_id, flags })?;
+    dp.bind(ifindex, policy_id, flags)?;
     dp.collect_garbage()?;
     Ok(policy_id)
 }

@@ -21,8 +21,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
     self, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, MAP_CIDR_ALLOW, MAP_CT, MAP_CT_CONFIG,
-    MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY, MAP_IFACE_STATS, MAP_PORT_CLASS,
-    MAP_VERDICT_STATS, PortClass, PortClassKey, Reason,
+    MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY, MAP_IFACE_STATS, MAP_PORT_CLASS, PortClass,
+    PortClassKey, Reason,
 };
 use sg_common::abi::{
     GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters, MAP_RULE_STATS, RuleCounters,
@@ -150,10 +150,6 @@ impl Dataplane {
                 *field = max;
             }
         }
-        let iface_stats = match dir.join(MAP_IFACE_STATS) {
-            p if p.exists() => MapData::from_pin(&p)?.info()?.max_entries(),
-            _ => actual.interfaces,
-        };
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(dir)
             .map_max_entries(MAP_IFACE_POLICY, actual.interfaces)
@@ -162,7 +158,7 @@ impl Dataplane {
             .map_max_entries(MAP_CT, actual.ct_entries)
             .map_max_entries(MAP_CT_NEW, actual.ct_new_entries)
             .map_max_entries(MAP_GEO_BLOCK, actual.geo_entries)
-            .map_max_entries(MAP_IFACE_STATS, iface_stats)
+            .map_max_entries(MAP_IFACE_STATS, actual.interfaces)
             .map_max_entries(MAP_RULE_STATS, actual.rule_stats)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
@@ -367,10 +363,33 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Publishes `policy` for `ifindex`: one map update, so packets switch from the old
-    /// rule set to the new one all at once.
-    pub fn bind(&mut self, ifindex: u32, binding: IfacePolicy) -> Result<()> {
+    /// Publishes a policy for `ifindex`: one map update, so packets switch from the
+    /// old rule set to the new one all at once. The interface keeps its counters slot;
+    /// a newly bound one gets a free slot, zeroed first.
+    pub fn bind(&mut self, ifindex: u32, policy_id: u32, flags: u32) -> Result<()> {
+        let bindings = self.bindings()?;
+        let stats_slot = match bindings.get(&ifindex) {
+            Some(b) => b.stats_slot,
+            None => {
+                let used: BTreeSet<u32> = bindings.values().map(|b| b.stats_slot).collect();
+                let slot = (0..self.capacity.interfaces).find(|s| !used.contains(s)).ok_or_else(|| {
+                    anyhow!("no free interface slot (capacity {} interfaces)", self.capacity.interfaces)
+                })?;
+                self.zero_stats_slot(slot)?;
+                slot
+            }
+        };
+        let binding = IfacePolicy { policy_id, flags, stats_slot, _pad: 0 };
         self.iface_map()?.insert(&ifindex, &binding, 0).context("updating IFACE_POLICY")?;
+        Ok(())
+    }
+
+    fn zero_stats_slot(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+        let mut map: PerCpuArray<&mut MapData, IfaceCounters> =
+            PerCpuArray::try_from(self.ebpf.map_mut(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
+        let zero = IfaceCounters { packets: [0; 16] };
+        map.set(slot, PerCpuValues::try_from(vec![zero; cpus])?, 0).context("zeroing IFACE_STATS slot")?;
         Ok(())
     }
 
@@ -444,14 +463,16 @@ impl Dataplane {
         (1..=u32::MAX).find(|i| !used.contains(i)).ok_or_else(|| anyhow!("no free policy id"))
     }
 
-    /// Packets per verdict reason, summed over CPUs.
+    /// Packets per verdict reason of all managed interfaces, summed over CPUs.
     pub fn verdict_counts(&self) -> Result<BTreeMap<Reason, u64>> {
-        let stats: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_VERDICT_STATS).context("VERDICT_STATS map")?)?;
-        let mut out = BTreeMap::new();
-        for reason in Reason::ALL {
-            let per_cpu = stats.get(&(reason as u32), 0)?;
-            out.insert(reason, per_cpu.iter().sum());
+        let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+        let policies: BpfHashMap<&MapData, u32, IfacePolicy> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
+        let ifindexes: Vec<u32> = policies.keys().collect::<Result<_, _>>()?;
+        for ifindex in &ifindexes {
+            for (r, n) in self.iface_counts(*ifindex)? {
+                *out.get_mut(&r).expect("all reasons") += n;
+            }
         }
         Ok(out)
     }
@@ -547,31 +568,6 @@ impl Dataplane {
         Ok(trie.keys().filter_map(|k| k.ok()).filter(|k| k.data().set_id == set_id).count())
     }
 
-    /// Creates the interface's counters (zero) unless present; the kernel only
-    /// increments existing entries.
-    pub fn ensure_iface_stats(&mut self, ifindex: u32) -> Result<()> {
-        let mut map: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
-        if map.get(&ifindex, 0).is_ok() {
-            return Ok(());
-        }
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
-        let zero = IfaceCounters { packets: [0; 16] };
-        let values = PerCpuValues::try_from(vec![zero; cpus])?;
-        map.insert(&ifindex, values, 0).context("creating IFACE_STATS entry")?;
-        Ok(())
-    }
-
-    pub fn remove_iface_stats(&mut self, ifindex: u32) -> Result<()> {
-        let mut map: PerCpuHashMap<&mut MapData, u32, IfaceCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
-        match map.remove(&ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Makes `RULE_STATS` hold exactly the rules `rule_ids` of `ifindex`: creates
     /// missing counters (zero), keeps existing ones (they survive rule changes that keep
     /// the rule), deletes those of rules gone.
@@ -615,21 +611,22 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Packets per reason of one interface, summed over CPUs.
+    /// Packets per reason of one interface, summed over CPUs (zero when unmanaged).
     pub fn iface_counts(&self, ifindex: u32) -> Result<BTreeMap<Reason, u64>> {
-        let map: PerCpuHashMap<&MapData, u32, IfaceCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
         let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
-        match map.get(&ifindex, 0) {
-            Ok(values) => {
-                for v in values.iter() {
-                    for r in Reason::ALL {
-                        *out.get_mut(&r).expect("all reasons") += v.packets[r as usize];
-                    }
-                }
-            }
-            Err(e) if is_not_found(&e) => {}
+        let policies: BpfHashMap<&MapData, u32, IfacePolicy> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
+        let binding = match policies.get(&ifindex, 0) {
+            Ok(b) => b,
+            Err(e) if is_not_found(&e) => return Ok(out),
             Err(e) => return Err(e.into()),
+        };
+        let map: PerCpuArray<&MapData, IfaceCounters> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
+        for v in map.get(&binding.stats_slot, 0)?.iter() {
+            for r in Reason::ALL {
+                *out.get_mut(&r).expect("all reasons") += v.packets[r as usize];
+            }
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sg_common::abi::{
     CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig, GeoKey,
-    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, Reason, RuleCounters, RuleStatsKey,
+    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, RuleCounters, RuleStatsKey,
 };
 
 /// ifindex -> policy of the instance behind it.
@@ -21,10 +21,6 @@ pub static PORT_CLASS: LpmTrie<PortClassKey, PortClass> = LpmTrie::pinned(262_14
 /// {policy, class, remote prefix} -> first matching rule.
 #[map]
 pub static CIDR_ALLOW: LpmTrie<CidrKey, CidrMatch> = LpmTrie::pinned(262_144, 0);
-
-/// Reason -> packets, per CPU.
-#[map]
-pub static VERDICT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Reason::COUNT, 0);
 
 /// Confirmed flows: CtKey -> CtEntry (LRU).
 #[map]
@@ -46,10 +42,10 @@ pub static GEO_BLOCK: LpmTrie<GeoKey, GeoValue> = LpmTrie::pinned(1_000_000, 0);
 #[map]
 pub static GEO_CONFIG: Array<GeoConfig> = Array::pinned(1, 0);
 
-/// ifindex -> packets per reason, per CPU. The daemon creates the entry when it binds
-/// an interface; the kernel only increments.
+/// Interface stats slot -> packets per reason, per CPU (slots are assigned by the
+/// daemon when it binds an interface).
 #[map]
-pub static IFACE_STATS: PerCpuHashMap<u32, IfaceCounters> = PerCpuHashMap::pinned(4096, 0);
+pub static IFACE_STATS: PerCpuArray<IfaceCounters> = PerCpuArray::pinned(4096, 0);
 
 /// Drop events for the agent (`sg-daemon events`).
 #[map]

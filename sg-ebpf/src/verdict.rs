@@ -10,7 +10,7 @@ use crate::{
     clock::Clock,
     conntrack::{self, Tracked},
     events, fragments, geo,
-    maps::{IFACE_STATS, RULE_STATS, VERDICT_STATS},
+    maps::{IFACE_STATS, RULE_STATS},
     parse,
 };
 
@@ -41,7 +41,7 @@ pub fn decide(ifindex: u32, direction: u8, bounds: &parse::Bounds, len: u32) -> 
             reason
         }
     };
-    count(ifindex, reason);
+    count(&policy, reason);
     // Audit mode: everything is counted as it would be decided, nothing is dropped.
     if reason.is_allow() || policy.flags & IFACE_FLAG_AUDIT != 0 { Action::Pass } else { Action::Drop }
 }
@@ -98,12 +98,8 @@ fn decide_packet(
 }
 
 #[inline(always)]
-fn count(ifindex: u32, reason: Reason) {
-    if let Some(counter) = VERDICT_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *counter += 1 };
-    }
-    if let Some(c) = IFACE_STATS.get_ptr_mut(&ifindex) {
+fn count(policy: &IfacePolicy, reason: Reason) {
+    if let Some(c) = IFACE_STATS.get_ptr_mut(policy.stats_slot) {
         // SAFETY: per-CPU value; the index is masked into the array.
         unsafe { (*c).packets[(reason as usize) & 15] += 1 };
     }
