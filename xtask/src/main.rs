@@ -57,6 +57,9 @@ fn main() -> Result<()> {
         Task::Bench(Bench::Live(opts)) => {
             let write = opts.write_docs;
             let results = live::run(opts)?;
+            if results.is_empty() {
+                return Ok(());
+            }
             let md = results.markdown();
             println!("{md}");
             let raw = docs::write_raw("live.json", &results.json())?;

@@ -21,11 +21,6 @@ impl Summary {
         Summary { median, min: v[0], max: v[v.len() - 1], n: v.len() }
     }
 
-    /// Half the min-max range, relative to the median, in percent.
-    pub fn spread_pct(&self) -> f64 {
-        if self.median == 0.0 { 0.0 } else { 50.0 * (self.max - self.min) / self.median.abs() }
-    }
-
     /// `12.3 ±0.4` with the given number of decimals (± is half the min-max range).
     pub fn fmt(&self, decimals: usize) -> String {
         if self.n <= 1 {

@@ -60,7 +60,10 @@ pub fn rule_net(family: Family, i: usize) -> IpNet {
 pub fn host_in_rule(family: Family, i: usize, k: usize) -> IpAddr {
     match family {
         Family::V4 => Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 1 + (k % 254) as u8).into(),
-        Family::V6 => Ipv6Addr::new(0x2001, 0xdb8, 0, i as u16, 0, 0, (k >> 16) as u16, (k as u16).wrapping_add(1)).into(),
+        Family::V6 => {
+            Ipv6Addr::new(0x2001, 0xdb8, 0, i as u16, 0, 0, (k >> 16) as u16, (k as u16).wrapping_add(1))
+                .into()
+        }
     }
 }
 
@@ -68,7 +71,9 @@ pub fn host_in_rule(family: Family, i: usize, k: usize) -> IpAddr {
 pub fn host_outside(family: Family, k: usize) -> IpAddr {
     match family {
         Family::V4 => Ipv4Addr::new(172, 16, (k >> 8) as u8, k as u8).into(),
-        Family::V6 => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, (k >> 16) as u16, (k as u16).wrapping_add(1)).into(),
+        Family::V6 => {
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, (k >> 16) as u16, (k as u16).wrapping_add(1)).into()
+        }
     }
 }
 
