@@ -124,4 +124,6 @@ echo "== with sg enforcing the default rules"
 probes
 echo "== verdict counters (sg-daemon stats)"
 "$SG" stats | sed 's/^/  /'
+echo "== the drops, as the kernel reported them (sg-daemon events)"
+"$SG" events | tail -n 12 | sed 's/^/  /'
 echo "== done; cleaning up"

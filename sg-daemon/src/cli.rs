@@ -305,7 +305,7 @@ pub fn execute(g: &Global, command: Command, o: &mut Out) -> Result<()> {
                 for (reason, n) in counts {
                     outln!(
                         o,
-                        "{:<12} {:>12}  {}",
+                        "{:<14} {:>12}  {}",
                         reason.as_str(),
                         n,
                         if reason.is_allow() { "pass" } else { "drop" }
