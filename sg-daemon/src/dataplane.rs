@@ -1,7 +1,7 @@
 //! Adapter: the pinned eBPF objects under the bpffs directory (default `/sys/fs/bpf/sg`).
 //!
 //! Layout (everything pinned, so enforcement goes on while no daemon runs):
-//! - `<dir>/IFACE_POLICY`, `PORT_CLASS`, `CIDR_ALLOW`, `VERDICT_STATS`: maps, by name;
+//! - `<dir>/IFACE_POLICY`, `PORT_CLASS`, `CIDR_ALLOW`, `CT`, ...: maps, by name (see README);
 //! - `<dir>/prog_egress`, `<dir>/prog_ingress`: the XDP and TC programs;
 //! - `<dir>/links/xdp-<ifindex>`, `<dir>/links/tc-<ifindex>`: one link per hook.
 //!
