@@ -259,6 +259,9 @@ pub enum Reason {
     DropGeo = 10,
     /// A non-first fragment of a packet whose first fragment was allowed.
     AllowFragment = 11,
+    /// An ICMPv6 router advertisement or redirect sent by an instance: instances are
+    /// hosts, not routers (RA guard, RFC 6105), whatever the rules say.
+    DropRaGuard = 12,
 }
 
 impl Reason {
@@ -266,7 +269,7 @@ impl Reason {
         if code < Self::COUNT { Some(Self::ALL[code as usize]) } else { None }
     }
 
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::AllowRule,
         Reason::AllowInfra,
@@ -280,6 +283,7 @@ impl Reason {
         Reason::DropRevoked,
         Reason::DropGeo,
         Reason::AllowFragment,
+        Reason::DropRaGuard,
     ];
 
     pub const fn is_allow(self) -> bool {
@@ -307,6 +311,7 @@ impl Reason {
             Reason::DropRevoked => "revoked",
             Reason::DropGeo => "geo-block",
             Reason::AllowFragment => "allow-fragment",
+            Reason::DropRaGuard => "ra-guard",
         }
     }
 }
@@ -426,6 +431,22 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+/// ICMPv6 router advertisement and redirect: judged by direction (RA guard).
+pub const ICMPV6_ROUTER_ADVERT: u8 = 134;
+pub const ICMPV6_REDIRECT: u8 = 137;
+
+/// The RA-guard verdict of an ICMPv6 packet of type `icmp_type` travelling in
+/// `direction`: router advertisements reach instances (they need them for SLAAC) but
+/// never leave them, nor do redirects. `None`: not concerned.
+pub const fn router_advert_verdict(direction: u8, icmp_type: u8) -> Option<Reason> {
+    match (icmp_type, direction) {
+        (ICMPV6_ROUTER_ADVERT, DIR_INGRESS) => Some(Reason::AllowInfra),
+        (ICMPV6_ROUTER_ADVERT, _) => Some(Reason::DropRaGuard),
+        (ICMPV6_REDIRECT, DIR_EGRESS) => Some(Reason::DropRaGuard),
+        _ => None,
+    }
+}
 
 /// ICMP echo request/reply types.
 pub const ICMP_ECHO_REQUEST: u8 = 8;

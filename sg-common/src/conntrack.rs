@@ -338,6 +338,9 @@ impl Tracker {
                 _ => Reason::DropFragment,
             };
         }
+        if let Some(reason) = crate::reference::router_advert_verdict(direction, &pkt) {
+            return reason;
+        }
         // The geo block wins over rules and tracked flows alike.
         let reason = if direction == Direction::Ingress && geo.is_some_and(|g| g.blocks(&pkt)) {
             Reason::DropGeo

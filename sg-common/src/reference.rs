@@ -30,11 +30,19 @@ pub const fn l4_min_len(protocol: u8) -> usize {
     }
 }
 
-/// ICMPv6 neighbour-discovery types passed without a rule: router solicitation and
-/// advertisement, neighbour solicitation and advertisement (RFC 4861). Redirect (137)
-/// is not among them: an instance has no business redirecting its host.
+/// ICMPv6 neighbour-discovery types passed without a rule in both directions: router
+/// solicitation, neighbour solicitation and advertisement (RFC 4861). Router
+/// advertisements and redirects are judged by direction (`abi::router_advert_verdict`).
 pub const fn is_neighbour_discovery(icmpv6_type: u8) -> bool {
-    matches!(icmpv6_type, 133..=136)
+    matches!(icmpv6_type, 133 | 135 | 136)
+}
+
+/// The RA-guard verdict of a parsed packet (see `abi::router_advert_verdict`).
+pub fn router_advert_verdict(direction: Direction, pkt: &IpPacket) -> Option<Reason> {
+    if pkt.protocol != abi::IPPROTO_ICMPV6 || !pkt.src.is_ipv6() || pkt.fragment == abi::FRAG_REST {
+        return None;
+    }
+    abi::router_advert_verdict(direction.code(), (pkt.port_key >> 8) as u8)
 }
 
 /// What classification needs from an IP packet.
@@ -290,6 +298,9 @@ pub fn classify(rules: &[Rule], direction: Direction, frame: &[u8]) -> Reason {
         Frame::Decided(reason) => reason,
         // Stateless: the rest of a fragmented packet has nothing to follow.
         Frame::Ip(pkt) if pkt.fragment == abi::FRAG_REST => Reason::DropFragment,
+        Frame::Ip(pkt) if router_advert_verdict(direction, &pkt).is_some() => {
+            router_advert_verdict(direction, &pkt).expect("checked")
+        }
         Frame::Ip(pkt) => match first_matching_rule(rules, direction, &pkt) {
             Some(_) => Reason::AllowRule,
             None => Reason::DropNoRule,

@@ -1,6 +1,7 @@
 //! The pipeline: bind interface -> policy, parse, geo block, connection tracking, rules;
 //! then count the [`Reason`] and turn it into pass/drop.
 use sg_common::abi::{
+    FAMILY_V6, IPPROTO_ICMPV6, router_advert_verdict,
     DIR_INGRESS, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason,
     RuleStatsKey,
 };
@@ -57,6 +58,12 @@ fn decide_ip(
 ) -> Reason {
     if meta.frag == FRAG_REST {
         return fragments::follow(ifindex, meta, clock);
+    }
+    if meta.protocol == IPPROTO_ICMPV6
+        && meta.family == FAMILY_V6
+        && let Some(reason) = router_advert_verdict(direction, (meta.port_key >> 8) as u8)
+    {
+        return reason;
     }
     let reason = decide_packet(ifindex, policy, direction, meta, len, clock);
     if meta.frag == FRAG_FIRST && reason.is_allow() {

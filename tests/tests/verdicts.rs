@@ -73,6 +73,21 @@ fn default_rules_every_field_both_directions() {
             Reason::AllowInfra
         );
     }
+    // RA guard: an instance may solicit routers and resolve neighbours, but never
+    // advertise itself as a router or send redirects, whatever the (egress any) rules say.
+    for (kind, want) in [
+        (133, Reason::AllowInfra),
+        (135, Reason::AllowInfra),
+        (136, Reason::AllowInfra),
+        (134, Reason::DropRaGuard),
+        (137, Reason::DropRaGuard),
+    ] {
+        assert_eq!(
+            t.check(Egress, &frame(i6, r6, L4::Icmp { kind, code: 0, id: 0 }, &[0; 32])),
+            want,
+            "icmpv6 type {kind}"
+        );
+    }
     assert_eq!(
         t.check(Ingress, &frame(r6, i6, L4::Icmp { kind: 137, code: 0, id: 0 }, &[0; 32])),
         Reason::DropNoRule
@@ -306,7 +321,7 @@ impl Gen {
             }
             1 | 58 => {
                 let t: u8 = if self.chance(0.5) {
-                    *[0u8, 8, 128, 129, 133, 135, 137].get(self.rng.random_range(0..7)).unwrap()
+                    *[0u8, 8, 128, 129, 133, 134, 135, 137].get(self.rng.random_range(0..8)).unwrap()
                 } else {
                     self.rng.random()
                 };
