@@ -271,7 +271,8 @@ fn parse_l4(b: &Bounds, l4: usize, meta: &mut Meta) -> Result<(), Reason> {
             // Neighbour discovery (RS, NS, NA): the instance needs it to exist on the
             // network. Router advertisements and redirects are judged by direction
             // (RA guard, in verdict.rs).
-            if meta.protocol == IPPROTO_ICMPV6 && meta.family == FAMILY_V6 && matches!(h[0], 133 | 135 | 136) {
+            if meta.protocol == IPPROTO_ICMPV6 && meta.family == FAMILY_V6 && matches!(h[0], 133 | 135 | 136)
+            {
                 return Err(Reason::AllowInfra);
             }
             meta.port_key = u16::from_be_bytes([h[0], h[1]]);

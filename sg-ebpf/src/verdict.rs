@@ -1,9 +1,8 @@
 //! The pipeline: bind interface -> policy, parse, geo block, connection tracking, rules;
 //! then count the [`Reason`] and turn it into pass/drop.
 use sg_common::abi::{
-    FAMILY_V6, IPPROTO_ICMPV6, router_advert_verdict,
-    DIR_INGRESS, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IfacePolicy, Reason,
-    RuleStatsKey,
+    DIR_INGRESS, FAMILY_V6, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IPPROTO_ICMPV6,
+    IfacePolicy, Reason, RuleStatsKey, router_advert_verdict,
 };
 
 use crate::{
