@@ -6,10 +6,12 @@
 //! same run on the same frames: `sg_bench_drop`, `sg_bench_empty`, sg's XDP program with
 //! several rule sets, and `sg_bench_empty` + an nftables netdev ingress chain.
 //!
-//! The rate is what `dut` received (veth's `rx_queue_*_xdp_packets`) over the wall time
-//! of the generator run. The generator thread is pinned to one CPU; veth runs the
-//! receiver's NAPI poll in the softirq the generator raises on that same CPU, so the
-//! rate is 1 / (cost to send + cost to receive) of one core.
+//! The rate is what `dut` received (veth's `rx_queue_*_xdp_packets`) over the time the
+//! kernel reports for the generator's send loop (the wall-clock rate is reported too:
+//! on a shared VM it also counts time the thread was preempted). The generator thread is
+//! pinned to one CPU; veth runs the receiver's NAPI poll in the softirq the generator
+//! raises on that same CPU, so the rate is 1 / (cost to send + cost to receive) of one
+//! core.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -622,8 +624,8 @@ fn run_in_netns(opts: &Opts, configs: &[Config], pins: &PinDir, tmp: &std::path:
     }
     let allowed = traffic_frames(opts, Traffic::Allowed);
     let dropped = traffic_frames(opts, Traffic::Dropped);
-    // A generator needs an XDP program on the sending side too? No: XDP_TX of live frames
-    // goes straight to the peer's ring. The peer needs one, else veth drops.
+    // XDP_TX of live frames goes straight into `dut`'s ring; `dut` must carry an XDP
+    // program or veth drops them, so every configuration attaches one there.
 
     let mut samples = Vec::new();
     let mut modes = BTreeMap::new();
