@@ -429,15 +429,10 @@ mod tests {
             Direction::Ingress => (REMOTE, INST),
         };
         IpPacket {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            protocol: abi::IPPROTO_TCP,
             port_key: dport,
             src_port: sport,
             tcp_flags: flags,
-            inner: None,
-            fragment: abi::FRAG_NONE,
-            frag_id: 0,
+            ..IpPacket::new(src.parse().unwrap(), dst.parse().unwrap(), abi::IPPROTO_TCP)
         }
     }
 

@@ -77,6 +77,21 @@ pub struct InnerPacket {
 }
 
 impl IpPacket {
+    /// A packet of `protocol` between two addresses, with no transport fields read yet.
+    pub fn new(src: IpAddr, dst: IpAddr, protocol: u8) -> Self {
+        IpPacket {
+            src,
+            dst,
+            protocol,
+            port_key: 0,
+            src_port: 0,
+            tcp_flags: 0,
+            inner: None,
+            fragment: abi::FRAG_NONE,
+            frag_id: 0,
+        }
+    }
+
     /// The remote end's address as seen from the instance.
     pub fn remote(&self, direction: Direction) -> IpAddr {
         match direction {
@@ -187,17 +202,7 @@ fn parse_ipv6(bytes: &[u8]) -> Frame {
 
 /// A non-first fragment: addresses, protocol and identification only.
 fn rest_fragment(src: IpAddr, dst: IpAddr, protocol: u8, frag_id: u32) -> Frame {
-    Frame::Ip(IpPacket {
-        src,
-        dst,
-        protocol,
-        port_key: 0,
-        src_port: 0,
-        tcp_flags: 0,
-        inner: None,
-        fragment: abi::FRAG_REST,
-        frag_id,
-    })
+    Frame::Ip(IpPacket { fragment: abi::FRAG_REST, frag_id, ..IpPacket::new(src, dst, protocol) })
 }
 
 fn with_fragment(frame: Frame, fragment: u8, frag_id: u32) -> Frame {
@@ -215,17 +220,7 @@ fn parse_l4(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Frame {
     if l4.len() < l4_min_len(protocol) {
         return Frame::Decided(Reason::DropMalformed);
     }
-    let mut pkt = IpPacket {
-        src,
-        dst,
-        protocol,
-        port_key: 0,
-        src_port: 0,
-        tcp_flags: 0,
-        inner: None,
-        fragment: abi::FRAG_NONE,
-        frag_id: 0,
-    };
+    let mut pkt = IpPacket::new(src, dst, protocol);
     match protocol {
         abi::IPPROTO_TCP => {
             let Ok(tcp) = TcpHeaderSlice::from_slice(l4) else {

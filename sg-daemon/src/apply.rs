@@ -12,7 +12,7 @@
 //! fresh id, one config update, old set deleted). On an error in steps 2-3 the fresh
 //! entries are collected and the old bindings stay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 use sg_common::abi::{IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK};
@@ -116,20 +116,22 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
     Ok(out)
 }
 
-/// Applies a validated desired state to the data plane. Returns the geo prefix set
-/// loaded by this apply, if any: (set id, fingerprint) to record.
+/// Applies a desired state, checked and compiled by [`prepare`], to the data plane.
+/// Returns the geo prefix set loaded by this apply, if any: (set id, fingerprint) to
+/// record.
 pub fn apply(
     dp: &mut Dataplane,
     state: &DesiredState,
-    limits: &Limits,
+    prepared: Vec<Prepared>,
     geo: GeoPlan,
 ) -> Result<Option<(u32, String)>> {
-    let prepared = prepare(state, limits)?;
     let (ports, cidrs) = prepared
         .iter()
         .fold((0, 0), |(p, c), x| (p + x.compiled.port_classes.len(), c + x.compiled.cidrs.len()));
-    // Old and new entries coexist until the switch: both must fit.
-    let (live_ports, live_cidrs) = live_entry_counts(dp)?;
+    // Old and new entries coexist until the switch: both must fit. Everything stored
+    // counts, live and garbage alike: an upper bound.
+    let usage = dp.trie_usage()?;
+    let (live_ports, live_cidrs) = (usage.port_entries, usage.cidr_entries);
     if live_ports + ports > dp.capacity.port_class_entries as usize {
         bail!(
             "port-class map would hold {} entries, over its capacity of {} (port_class_entries)",
@@ -161,7 +163,7 @@ pub fn apply(
         }
     }
     let loaded = apply_geo(dp, geo)?;
-    let result = write_and_bind(dp, prepared);
+    let result = write_and_bind(dp, prepared, &usage.policy_ids);
     let removed = dp.collect_garbage().context("collecting unreferenced entries")?;
     result?;
     // Last, so a refused apply leaves the timeouts in force too.
@@ -205,10 +207,10 @@ fn apply_geo(dp: &mut Dataplane, geo: GeoPlan) -> Result<Option<(u32, String)>> 
     }
 }
 
-fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
+fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>, stored_ids: &BTreeSet<u32>) -> Result<()> {
     let old = dp.bindings()?;
     let mut bindings = BTreeMap::new();
-    let mut next_id = dp.fresh_policy_id()?;
+    let mut next_id = dp.fresh_policy_id_after(stored_ids)?;
     for Prepared { ifindex, instance, mut compiled, flags, rule_ids } in prepared {
         let policy_id = next_id;
         next_id = next_id.checked_add(1).context("policy ids exhausted")?;
@@ -232,7 +234,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
         info!(%instance, ifindex, policy_id, flags, "rules in force");
     }
     // Instances that left: stop enforcing (unbind first: packets pass), then detach.
-    let mut leaving: std::collections::BTreeSet<u32> = dp.attached_ifindexes()?;
+    let mut leaving: BTreeSet<u32> = dp.attached_ifindexes()?;
     leaving.extend(old.keys());
     for ifindex in &leaving {
         if !bindings.contains_key(ifindex) {
@@ -245,11 +247,6 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn live_entry_counts(dp: &mut Dataplane) -> Result<(usize, usize)> {
-    // Everything stored counts, live and garbage alike: an upper bound.
-    dp.entry_counts()
 }
 
 /// Replaces the rules bound to one interface (compile under a fresh id, write, switch,

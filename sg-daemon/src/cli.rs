@@ -368,8 +368,7 @@ pub fn geo_refresh(g: &Global) -> Result<bool> {
     let dp = open_dataplane_for(g, &state)?;
     let set = dp.geo_config()?.set_id;
     drop(dp);
-    let stored = std::fs::read_to_string(g.state_dir.join("geo.loaded")).unwrap_or_default();
-    if set != 0 && stored == format!("{set} {}", geo::fingerprint(cfg)?) {
+    if geo::is_loaded(cfg, &g.state_dir, set)? {
         return Ok(false);
     }
     apply_and_save(g, &store, &state, true)?;
@@ -384,13 +383,15 @@ fn apply_and_save(
     force_geo_reload: bool,
 ) -> Result<()> {
     let (limits, capacity) = resolved.limits();
+    // Every check that needs no kernel state, before the data plane is even opened.
+    let prepared = apply::prepare(resolved, &limits)?;
     let mut dp = Dataplane::open(&g.bpffs, capacity)?;
     // Applying is where a new binary's programs replace the pinned ones.
     dp.ensure_programs()?;
     let current_set = dp.geo_config()?.set_id;
     // Reads the database (when needed) before anything changes.
     let geo_plan = geo::plan(resolved.geo_block.as_ref(), &g.state_dir, current_set, force_geo_reload)?;
-    let loaded = apply::apply(&mut dp, resolved, &limits, geo_plan)?;
+    let loaded = apply::apply(&mut dp, resolved, prepared, geo_plan)?;
     store.save(resolved)?;
     if let Some((set_id, fingerprint)) = loaded {
         geo::record(&g.state_dir, set_id, &fingerprint)?;
@@ -414,9 +415,6 @@ fn commit(g: &Global, store: &StateStore, desired: DesiredState, dry_run: bool, 
         outln!(o, "(dry run: nothing changed)");
         return Ok(());
     }
-    let limits = resolved.limits().0;
-    // All checks that need no kernel state come first.
-    apply::prepare(&resolved, &limits)?;
     apply_and_save(g, store, &resolved, false)?;
     if g.output == Output::Table {
         out!(o, "{plan}");
@@ -584,8 +582,6 @@ fn create(g: &Global, a: CreateArgs, o: &mut Out) -> Result<()> {
     rules.push(RuleSpec { id: Some(id), rule, allow_all_ports: a.force });
     inst.rules = Some(rules);
     let (resolved, _) = plan(&store.load()?, &state);
-    let limits = resolved.limits().0;
-    apply::prepare(&resolved, &limits)?;
     apply_and_save(g, &store, &resolved, false)?;
     outln!(o, "{id}");
     Ok(())
@@ -622,8 +618,6 @@ fn remove_rule(g: &Global, prefix: &str, o: &mut Out) -> Result<()> {
     rules.retain(|s| s.id != Some(uuid));
     inst.rules = Some(rules);
     let (resolved, _) = plan(&store.load()?, &state);
-    let limits = resolved.limits().0;
-    apply::prepare(&resolved, &limits)?;
     apply_and_save(g, &store, &resolved, false)?;
     outln!(o, "deleted {uuid} from instance {inst_id}");
     Ok(())

@@ -343,17 +343,7 @@ mod tests {
             for (ing, v4, protocol, port, a) in probes {
                 let direction = if ing { Direction::Ingress } else { Direction::Egress };
                 let remote: IpAddr = if v4 { a.into() } else { std::net::Ipv6Addr::new(0xfd00, u16::from(a[0] & 3), 0, 0, 0, 0, 0, u16::from(a[1])).into() };
-                let pkt = IpPacket {
-                    src: remote,
-                    dst: remote,
-                    protocol,
-                    port_key: port,
-                    src_port: 0,
-                    tcp_flags: 0,
-                    inner: None,
-                    fragment: 0,
-                    frag_id: 0,
-                };
+                let pkt = IpPacket { port_key: port, ..IpPacket::new(remote, remote, protocol) };
                 let want = first_matching_rule(&rules, direction, &pkt).is_some();
                 let got = lookup(&compiled, direction, protocol, port, remote).is_some();
                 prop_assert_eq!(got, want, "rules {:?} probe {:?}", rules, (direction, protocol, port, remote));

@@ -65,6 +65,14 @@ impl Default for Capacity {
     }
 }
 
+/// Contents of the rule tries: entries per trie and the policy ids they belong to.
+#[derive(Clone, Debug, Default)]
+pub struct TrieUsage {
+    pub port_entries: usize,
+    pub cidr_entries: usize,
+    pub policy_ids: BTreeSet<u32>,
+}
+
 pub struct Dataplane {
     dir: PathBuf,
     ebpf: Ebpf,
@@ -402,20 +410,22 @@ impl Dataplane {
         }
     }
 
-    /// Policy ids that have entries in either trie.
-    pub fn stored_policy_ids(&mut self) -> Result<BTreeSet<u32>> {
-        let mut ids = BTreeSet::new();
+    /// What the two rule tries hold, read in one pass over their keys.
+    pub fn trie_usage(&self) -> Result<TrieUsage> {
+        let mut usage = TrieUsage::default();
         let ports: LpmTrie<&MapData, PortClassKey, PortClass> =
             LpmTrie::try_from(self.ebpf.map(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
         for k in ports.keys() {
-            ids.insert(k?.data().policy_id);
+            usage.policy_ids.insert(k?.data().policy_id);
+            usage.port_entries += 1;
         }
         let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> =
             LpmTrie::try_from(self.ebpf.map(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
         for k in cidrs.keys() {
-            ids.insert(k?.data().policy_id);
+            usage.policy_ids.insert(k?.data().policy_id);
+            usage.cidr_entries += 1;
         }
-        Ok(ids)
+        Ok(usage)
     }
 
     /// Deletes every trie entry of a policy id no interface is bound to.
@@ -444,17 +454,21 @@ impl Dataplane {
     }
 
     /// Entries stored in (PORT_CLASS, CIDR_ALLOW).
-    pub fn entry_counts(&mut self) -> Result<(usize, usize)> {
-        let ports: LpmTrie<&MapData, PortClassKey, PortClass> =
-            LpmTrie::try_from(self.ebpf.map(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
-        let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> =
-            LpmTrie::try_from(self.ebpf.map(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
-        Ok((ports.keys().count(), cidrs.keys().count()))
+    pub fn entry_counts(&self) -> Result<(usize, usize)> {
+        let usage = self.trie_usage()?;
+        Ok((usage.port_entries, usage.cidr_entries))
     }
 
     /// A policy id not used by any binding or stored entry.
     pub fn fresh_policy_id(&mut self) -> Result<u32> {
-        let mut used = self.stored_policy_ids()?;
+        let usage = self.trie_usage()?;
+        self.fresh_policy_id_after(&usage.policy_ids)
+    }
+
+    /// [`Dataplane::fresh_policy_id`] given the ids `stored` in the tries (from
+    /// [`Dataplane::trie_usage`], when the caller has read it already).
+    pub fn fresh_policy_id_after(&mut self, stored: &BTreeSet<u32>) -> Result<u32> {
+        let mut used = stored.clone();
         used.extend(self.bindings()?.values().map(|b| b.policy_id));
         let next = used.iter().next_back().map_or(1, |m| m.wrapping_add(1).max(1));
         if !used.contains(&next) {

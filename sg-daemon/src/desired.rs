@@ -495,11 +495,6 @@ pub fn plain_rules(specs: &[RuleSpec]) -> Vec<Rule> {
     specs.iter().map(|s| s.rule.clone()).collect()
 }
 
-/// Whether a direction/ethertype pair has any rule (for listings).
-pub fn has_rules(specs: &[RuleSpec], direction: Direction, ethertype: EtherType) -> bool {
-    specs.iter().any(|s| s.rule.direction == direction && s.rule.ethertype == ethertype)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,13 @@ pub fn kernel_config(cfg: &GeoBlockConfig) -> GeoConfig {
     out
 }
 
+/// Whether the kernel's prefix set `current_set` was loaded from this very database
+/// file and country list (as recorded by [`record`]).
+pub fn is_loaded(cfg: &GeoBlockConfig, state_dir: &Path, current_set: u32) -> Result<bool> {
+    let stored = fs::read_to_string(fingerprint_path(state_dir)).unwrap_or_default();
+    Ok(current_set != 0 && stored == format!("{current_set} {}", fingerprint(cfg)?))
+}
+
 /// Decides (and, when needed, reads the database for) the geo part of an apply.
 /// `current_set` is the set id in force in the kernel. Nothing is changed here.
 pub fn plan(
@@ -63,11 +70,10 @@ pub fn plan(
     let Some(cfg) = cfg else { return Ok(GeoPlan::Off) };
     let countries = cfg.validate().map_err(anyhow::Error::msg)?;
     let config = kernel_config(cfg);
-    let fp = fingerprint(cfg)?;
-    let stored = fs::read_to_string(fingerprint_path(state_dir)).unwrap_or_default();
-    if !force_reload && current_set != 0 && stored == format!("{current_set} {fp}") {
+    if !force_reload && is_loaded(cfg, state_dir, current_set)? {
         return Ok(GeoPlan::Keep { config });
     }
+    let fp = fingerprint(cfg)?;
     let started = std::time::Instant::now();
     let prefixes = sg_geo::load_country_prefixes(&cfg.database, &countries)
         .with_context(|| format!("geo_block: loading {}", cfg.database.display()))?;
