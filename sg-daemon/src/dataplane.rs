@@ -645,6 +645,19 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Forgets every tracked flow (both tables); for benchmarks and tests.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        for name in [MAP_CT, MAP_CT_NEW] {
+            let mut map: BpfHashMap<&mut MapData, CtKey, CtEntry> =
+                BpfHashMap::try_from(self.ebpf.map_mut(name).with_context(|| format!("{name} map"))?)?;
+            let keys: Vec<CtKey> = map.keys().collect::<Result<_, _>>()?;
+            for k in keys {
+                map.remove(&k)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The loaded object, for tests that run the programs with BPF_PROG_TEST_RUN.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -41,9 +41,9 @@ pub use cmd::{ChildGuard, DEFAULT_TIMEOUT, describe_command, run_command, run_co
 pub use netns::Netns;
 pub use topology::{Endpoint, EndpointKind, NS_PREFIX, Topology, cleanup_stale, unique_prefix};
 pub use traffic::{
-    PROBE_TIMEOUT, TcpOutcome, TcpServer, UdpEchoServer, UdpOutcome, ping, ping_from, ping_probe,
-    tcp_connect, tcp_connect_from, tcp_probe, tcp_server, udp_echo_server, udp_probe, udp_request,
-    udp_request_from,
+    ECHO_CONNECT_TIMEOUT, EchoConn, PROBE_TIMEOUT, TcpOutcome, TcpServer, UdpEchoServer, UdpOutcome, ping,
+    ping_from, ping_probe, tcp_connect, tcp_connect_from, tcp_probe, tcp_server, udp_echo_server, udp_probe,
+    udp_request, udp_request_from,
 };
 
 /// Whether we run with effective uid 0, which namespace and veth setup needs.

@@ -628,3 +628,63 @@ pub fn ping_from(ns: impl AsRef<Netns>, src: IpAddr, addr: IpAddr, count: u16, t
         Err(e) => panic!("ping_from {src} in {ns} to {addr}: harness failure: {e:#}"),
     }
 }
+
+/// How long [`EchoConn::open`] waits for the connection.
+pub const ECHO_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A long-lived TCP connection to an echo server (e.g. [`tcp_server`]), opened from
+/// within a namespace (the socket stays in that namespace) and used from the test
+/// thread: for checking that an established connection survives, or is cut.
+pub struct EchoConn {
+    stream: TcpStream,
+    /// `"<endpoint> -> <destination>"`, for messages.
+    pub label: String,
+}
+
+impl EchoConn {
+    /// Connects from `from` to `dst`; panics if the connection cannot be made.
+    #[track_caller]
+    pub fn open(from: &crate::Endpoint, dst: SocketAddr) -> EchoConn {
+        let label = format!("{} -> {dst}", from.name());
+        let stream = from
+            .ns()
+            .run(move || TcpStream::connect_timeout(&dst, ECHO_CONNECT_TIMEOUT))
+            .unwrap_or_else(|e| panic!("{label}: harness failure: {e:#}"))
+            .unwrap_or_else(|e| panic!("{label}: connect failed: {e}"));
+        EchoConn { stream, label }
+    }
+
+    /// The connection's own (client-side) address.
+    pub fn local(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address of a connected socket")
+    }
+
+    /// Sends a unique line and waits up to `timeout` for its echo; the error says what
+    /// went wrong (no echo in time, closed, a wrong echo: a late one of an earlier
+    /// exchange that had failed).
+    pub fn exchange(&mut self, timeout: Duration) -> Result<(), String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let line = format!("sg echo {} {}\n", self.label, NEXT.fetch_add(1, Ordering::Relaxed));
+        self.stream.write_all(line.as_bytes()).map_err(|e| format!("{}: write: {e}", self.label))?;
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while got.len() < line.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("{}: no echo within {timeout:?}", self.label));
+            }
+            self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(format!("{}: closed by the peer", self.label)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(format!("{}: read: {e}", self.label)),
+            }
+        }
+        if got != line.as_bytes() {
+            return Err(format!("{}: wrong echo {:?}", self.label, String::from_utf8_lossy(&got)));
+        }
+        Ok(())
+    }
+}

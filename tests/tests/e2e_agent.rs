@@ -35,6 +35,8 @@ use sg_daemon::desired::{DesiredState, plain_rules};
 use sg_tests::daemon::{DAEMON_TIMEOUT, SgDaemon};
 use sg_tests::*;
 
+use sg_tests::EchoConn as Conn;
+
 // ---------------------------------------------------------------------------------
 // The daemon and its agent.
 
@@ -297,52 +299,12 @@ fn expect_ports(what: &str, from: &Endpoint, dst: IpAddr, expect: &[(u16, bool)]
     assert_eq!(got, want, "{what}: are ports {ports:?} open?");
 }
 
-/// A long-lived TCP connection to an echo server, opened from within a namespace.
-struct Conn {
-    stream: TcpStream,
-    label: String,
+/// The agent tests' check: the established connection still echoes.
+trait Check {
+    fn check(&mut self, what: &str);
 }
 
-impl Conn {
-    #[track_caller]
-    fn open(from: &Endpoint, dst: SocketAddr) -> Conn {
-        let label = format!("{} -> {dst}", from.name());
-        let stream = from
-            .ns()
-            .run(move || TcpStream::connect_timeout(&dst, OPEN))
-            .unwrap_or_else(|e| panic!("{label}: harness failure: {e:#}"))
-            .unwrap_or_else(|e| panic!("{label}: connect failed: {e}"));
-        Conn { stream, label }
-    }
-
-    /// Sends a unique line and waits up to `timeout` for its echo.
-    fn exchange(&mut self, timeout: Duration) -> Result<(), String> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let line = format!("sg agent {} {}\n", self.label, NEXT.fetch_add(1, Ordering::Relaxed));
-        self.stream.write_all(line.as_bytes()).map_err(|e| format!("{}: write: {e}", self.label))?;
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while got.len() < line.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("{}: no echo within {timeout:?}", self.label));
-            }
-            self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(format!("{}: closed by the peer", self.label)),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => return Err(format!("{}: read: {e}", self.label)),
-            }
-        }
-        if got != line.as_bytes() {
-            return Err(format!("{}: wrong echo {:?}", self.label, String::from_utf8_lossy(&got)));
-        }
-        Ok(())
-    }
-
+impl Check for Conn {
     #[track_caller]
     fn check(&mut self, what: &str) {
         if let Err(e) = self.exchange(OPEN) {

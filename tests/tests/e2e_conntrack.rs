@@ -15,8 +15,7 @@
 //! (`sg-daemon stats -s ID -o json`) tell which reason passed or dropped them.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use sg_tests::daemon::SgDaemon;
 use sg_tests::*;
+
+use sg_tests::EchoConn as Conn;
 
 /// Timeout of probes expected to succeed (a veth answers in milliseconds).
 const OPEN: Duration = Duration::from_secs(3);
@@ -140,55 +141,6 @@ fn expect_tcp(what: &str, probes: &[(&Endpoint, IpAddr, u16, bool)]) {
         }
     }
     assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
-}
-
-/// A long-lived TCP connection to an echo server, opened from within a namespace
-/// (the socket stays in that namespace) and used from the test thread.
-struct Conn {
-    stream: TcpStream,
-    label: String,
-}
-
-impl Conn {
-    #[track_caller]
-    fn open(from: &Endpoint, dst: SocketAddr) -> Conn {
-        let label = format!("{} -> {dst}", from.name());
-        let stream = from
-            .ns()
-            .run(move || TcpStream::connect_timeout(&dst, OPEN))
-            .unwrap_or_else(|e| panic!("{label}: harness failure: {e:#}"))
-            .unwrap_or_else(|e| panic!("{label}: connect failed: {e}"));
-        Conn { stream, label }
-    }
-
-    /// The connection's own (client-side) address.
-    fn local(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local address of a connected socket")
-    }
-
-    /// Sends a unique line and waits up to `timeout` for its echo.
-    fn exchange(&mut self, timeout: Duration) -> bool {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let line = format!("sg conntrack {} {}\n", self.label, NEXT.fetch_add(1, Ordering::Relaxed));
-        if self.stream.write_all(line.as_bytes()).is_err() {
-            return false;
-        }
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while got.len() < line.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
-                return false;
-            }
-            match self.stream.read(&mut buf) {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        // Anything else is a late echo of an earlier exchange that had failed.
-        got == line.as_bytes()
-    }
 }
 
 /// A python3 that can import scapy (Debian's python3-scapy lives in /usr/bin's).
@@ -545,7 +497,7 @@ fn icmp_errors_of_a_tracked_flow_reach_the_instance() {
     sg.apply_yaml(&desired(&[instance_with_rules("ct4", &vm, LINUX_WITHOUT_ICMP)]));
     let mut conns = [false, true].map(|v6| Conn::open(&vm, SocketAddr::new(remote.ip(v6), 80)));
     for c in &mut conns {
-        assert!(c.exchange(OPEN), "{}: no echo", c.label);
+        assert!(c.exchange(OPEN).is_ok(), "{}: no echo", c.label);
     }
     let [p4, p6] = [&conns[0], &conns[1]].map(|c| c.local().port());
     for (server, c) in servers.iter().zip(&conns) {
@@ -567,7 +519,7 @@ fn icmp_errors_of_a_tracked_flow_reach_the_instance() {
     assert!(grew(&before, &after, "no-rule") >= 2, "before {before:?}\nafter {after:?}");
     // The connections themselves are unharmed.
     for c in &mut conns {
-        assert!(c.exchange(OPEN), "{}: no echo after the ICMP errors", c.label);
+        assert!(c.exchange(OPEN).is_ok(), "{}: no echo after the ICMP errors", c.label);
     }
 }
 
@@ -589,7 +541,7 @@ fn removing_the_rule_cuts_its_established_connection() {
     let mut https = Conn::open(&remote, SocketAddr::new(vm4, 443));
     let ssh_key = (endpoint_text(SocketAddr::new(vm4, 22)), endpoint_text(ssh.local()));
     for c in [&mut ssh, &mut https] {
-        assert!(c.exchange(OPEN), "{}: no echo", c.label);
+        assert!(c.exchange(OPEN).is_ok(), "{}: no echo", c.label);
     }
     let flows = flows_of(&sg, "ct5");
     let flow =
@@ -601,8 +553,8 @@ fn removing_the_rule_cuts_its_established_connection() {
     let id = ingress_tcp_rule(&sg, "ct5", 22);
     let out = sg.ok(&["rm", &id]);
     assert!(out.contains(&format!("deleted {id}")), "{out}");
-    assert!(https.exchange(OPEN), "{}: cut by removing an unrelated rule", https.label);
-    assert!(!ssh.exchange(DROPPED), "{}: still echoes after its rule was removed", ssh.label);
+    assert!(https.exchange(OPEN).is_ok(), "{}: cut by removing an unrelated rule", https.label);
+    assert!(!ssh.exchange(DROPPED).is_ok(), "{}: still echoes after its rule was removed", ssh.label);
     let after = stats_of(&sg, "ct5");
     assert!(grew(&before, &after, "revoked") >= 1, "before {before:?}\nafter {after:?}");
     let flows = flows_of(&sg, "ct5");
@@ -616,7 +568,7 @@ fn removing_the_rule_cuts_its_established_connection() {
         "{direction: egress, ethertype: IPv6, protocol: any, cidr: \"::/0\"}",
     ];
     sg.apply_yaml(&desired(&[instance_with_rules("ct5", &vm, &rules)]));
-    assert!(!https.exchange(DROPPED), "{}: still echoes after its rule was removed", https.label);
+    assert!(!https.exchange(DROPPED).is_ok(), "{}: still echoes after its rule was removed", https.label);
     let last = stats_of(&sg, "ct5");
     assert!(grew(&after, &last, "revoked") >= 1, "before {after:?}\nafter {last:?}");
 }
@@ -640,7 +592,7 @@ fn long_lived_connection_survives_rule_changes_that_still_allow_it() {
     let mut outbound = Conn::open(&vm, SocketAddr::new(remote.ip(false), 80));
     let mut exchange_all = |when: &str| {
         for c in [&mut inbound, &mut outbound] {
-            assert!(c.exchange(OPEN), "{}: no echo {when}", c.label);
+            assert!(c.exchange(OPEN).is_ok(), "{}: no echo {when}", c.label);
         }
     };
     exchange_all("at first");
@@ -668,8 +620,8 @@ fn long_lived_connection_survives_rule_changes_that_still_allow_it() {
 
     // The same probe does notice a cut: remove what allowed the inbound connection.
     sg.apply_yaml(&desired(&[instance_with_rules("ct6", &vm, &rules[1..])]));
-    assert!(!inbound.exchange(DROPPED), "{}: still echoes after its rule was removed", inbound.label);
-    assert!(outbound.exchange(OPEN), "{}: cut although egress tcp is still allowed", outbound.label);
+    assert!(!inbound.exchange(DROPPED).is_ok(), "{}: still echoes after its rule was removed", inbound.label);
+    assert!(outbound.exchange(OPEN).is_ok(), "{}: cut although egress tcp is still allowed", outbound.label);
 }
 
 /// 7. `sg-daemon flows -s ID -o json` lists an instance's established flows, both
@@ -695,13 +647,13 @@ fn flows_lists_established_connections_with_their_age() {
     let mut in_a = Conn::open(&remote, SocketAddr::new(a.ip(false), 22));
     let mut out_b = Conn::open(&b, web);
     for c in [&mut out_a, &mut in_a, &mut out_b] {
-        assert!(c.exchange(OPEN), "{}: no echo", c.label);
+        assert!(c.exchange(OPEN).is_ok(), "{}: no echo", c.label);
     }
     let t1 = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     // Only the outbound flow is used again: it is less idle than old.
     let t2 = Instant::now();
-    assert!(out_a.exchange(OPEN), "{}: no echo", out_a.label);
+    assert!(out_a.exchange(OPEN).is_ok(), "{}: no echo", out_a.label);
 
     let out_key = (endpoint_text(out_a.local()), endpoint_text(web));
     let in_key = (endpoint_text(SocketAddr::new(a.ip(false), 22)), endpoint_text(in_a.local()));

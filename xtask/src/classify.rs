@@ -7,10 +7,9 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya_obj::programs::XdpAttachType;
-use sg_common::abi::{CtEntry, CtKey, MAP_CT, MAP_CT_NEW, Reason};
+use sg_common::abi::Reason;
 use sg_common::model::Direction;
 use sg_daemon::apply::replace_rules;
 use sg_daemon::compile::compile;
@@ -458,7 +457,7 @@ impl Measurer {
         count: usize,
         run: usize,
     ) -> Result<(f64, f64)> {
-        clear_flows(dp)?;
+        dp.clear_flows()?;
         let want = scenario.expected_reason();
         if scenario == Scenario::Established {
             for (k, steps) in handshake_frames(prog, family, n, count).iter().enumerate() {
@@ -478,7 +477,7 @@ impl Measurer {
             for pass in 0..self.cold_passes {
                 if scenario == Scenario::NewFlow && pass > 0 {
                     let mid = dp.verdict_counts()?;
-                    clear_flows(dp)?;
+                    dp.clear_flows()?;
                     ensure!(dp.verdict_counts()? == mid, "clearing flows changed the counters");
                 }
                 let frames =
@@ -504,19 +503,6 @@ impl Measurer {
 
 fn delta(before: &BTreeMap<Reason, u64>, after: &BTreeMap<Reason, u64>, r: Reason) -> u64 {
     after.get(&r).copied().unwrap_or(0) - before.get(&r).copied().unwrap_or(0)
-}
-
-/// Empties both conntrack maps of the private data plane.
-fn clear_flows(dp: &mut Dataplane) -> Result<()> {
-    for name in [MAP_CT, MAP_CT_NEW] {
-        let mut map: BpfHashMap<&mut MapData, CtKey, CtEntry> =
-            BpfHashMap::try_from(dp.ebpf_mut().map_mut(name).with_context(|| format!("{name} map"))?)?;
-        let keys: Vec<CtKey> = map.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            map.remove(&k)?;
-        }
-    }
-    Ok(())
 }
 
 /// Checks every frame gets the scenario's verdict (one run each), for the expected reason.

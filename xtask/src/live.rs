@@ -24,7 +24,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya_obj::programs::XdpAttachType;
 use sg_common::abi::{
-    CT_TCP_ESTABLISHED, CtEntry, CtKey, DIR_EGRESS, FAMILY_V4, IPPROTO_TCP, MAP_CT, MAP_CT_NEW, Reason,
+    CT_TCP_ESTABLISHED, CtEntry, CtKey, DIR_EGRESS, FAMILY_V4, IPPROTO_TCP, MAP_CT, Reason,
 };
 use sg_common::model::{Direction, Os, default_rules};
 use sg_daemon::apply::replace_rules;
@@ -263,18 +263,6 @@ fn establish(dp: &mut Dataplane, ifindex: u32, policy_id: u32, frames: &[Vec<u8>
             state: CT_TCP_ESTABLISHED,
         };
         ct.insert(&key, &entry, 0).context("writing a CT entry")?;
-    }
-    Ok(())
-}
-
-fn clear_flows(dp: &mut Dataplane) -> Result<()> {
-    for name in [MAP_CT, MAP_CT_NEW] {
-        let mut map: BpfHashMap<&mut MapData, CtKey, CtEntry> =
-            BpfHashMap::try_from(dp.ebpf_mut().map_mut(name).with_context(|| format!("{name} map"))?)?;
-        let keys: Vec<CtKey> = map.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            map.remove(&k)?;
-        }
     }
     Ok(())
 }
@@ -656,7 +644,7 @@ fn run_in_netns(opts: &Opts, configs: &[Config], pins: &PinDir, tmp: &std::path:
                         _ => default_rules(Os::Linux),
                     };
                     let policy_id = replace_rules(&mut dp, dut_ifindex, &rules)?;
-                    clear_flows(&mut dp)?;
+                    dp.clear_flows()?;
                     if c.traffic == Traffic::Established {
                         establish(&mut dp, dut_ifindex, policy_id, frames)?;
                     }
