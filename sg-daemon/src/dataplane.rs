@@ -345,8 +345,9 @@ impl Dataplane {
     }
 
     /// ifindex -> bound policy.
-    pub fn bindings(&mut self) -> Result<BTreeMap<u32, IfacePolicy>> {
-        let map = self.iface_map()?;
+    pub fn bindings(&self) -> Result<BTreeMap<u32, IfacePolicy>> {
+        let map: BpfHashMap<&MapData, u32, IfacePolicy> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
         map.iter().map(|r| r.map_err(Into::into)).collect()
     }
 
@@ -480,10 +481,7 @@ impl Dataplane {
     /// Packets per verdict reason of all managed interfaces, summed over CPUs.
     pub fn verdict_counts(&self) -> Result<BTreeMap<Reason, u64>> {
         let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
-        let policies: BpfHashMap<&MapData, u32, IfacePolicy> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
-        let ifindexes: Vec<u32> = policies.keys().collect::<Result<_, _>>()?;
-        for ifindex in &ifindexes {
+        for ifindex in self.bindings()?.keys() {
             for (r, n) in self.iface_counts(*ifindex)? {
                 *out.get_mut(&r).expect("all reasons") += n;
             }

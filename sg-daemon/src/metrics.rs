@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use sg_common::abi::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -105,24 +104,19 @@ pub fn render(g: &Global, m: &Metrics) -> Result<String> {
     let _ = writeln!(out, "# TYPE sg_conntrack_capacity gauge");
     let _ = writeln!(out, "sg_conntrack_capacity{{table=\"confirmed\"}} {}", cap.ct_entries);
     let _ = writeln!(out, "sg_conntrack_capacity{{table=\"unconfirmed\"}} {}", cap.ct_new_entries);
-    let (ports, cidrs) = {
-        let mut dp = dp;
-        let counts = dp.entry_counts()?;
-        let geo = dp.geo_config()?;
-        let geo_len = if geo.set_id != 0 { dp.geo_set_len(geo.set_id)? } else { 0 };
-        let _ = writeln!(out, "# HELP sg_geo_prefixes Networks in the geo-block prefix set in force.");
-        let _ = writeln!(out, "# TYPE sg_geo_prefixes gauge");
-        let _ = writeln!(out, "sg_geo_prefixes {geo_len}");
-        let bindings = dp.bindings()?.len();
-        let _ = writeln!(out, "# TYPE sg_map_entries gauge");
-        let _ = writeln!(out, "sg_map_entries{{map=\"IFACE_POLICY\"}} {bindings}");
-        let _ = writeln!(out, "# TYPE sg_map_capacity gauge");
-        let _ = writeln!(out, "sg_map_capacity{{map=\"IFACE_POLICY\"}} {}", cap.interfaces);
-        let _ = writeln!(out, "sg_map_capacity{{map=\"PORT_CLASS\"}} {}", cap.port_class_entries);
-        let _ = writeln!(out, "sg_map_capacity{{map=\"CIDR_ALLOW\"}} {}", cap.cidr_entries);
-        let _ = writeln!(out, "sg_map_capacity{{map=\"GEO_BLOCK\"}} {}", cap.geo_entries);
-        counts
-    };
+    let geo = dp.geo_config()?;
+    let geo_len = if geo.set_id != 0 { dp.geo_set_len(geo.set_id)? } else { 0 };
+    let _ = writeln!(out, "# HELP sg_geo_prefixes Networks in the geo-block prefix set in force.");
+    let _ = writeln!(out, "# TYPE sg_geo_prefixes gauge");
+    let _ = writeln!(out, "sg_geo_prefixes {geo_len}");
+    let _ = writeln!(out, "# TYPE sg_map_capacity gauge");
+    let _ = writeln!(out, "sg_map_capacity{{map=\"IFACE_POLICY\"}} {}", cap.interfaces);
+    let _ = writeln!(out, "sg_map_capacity{{map=\"PORT_CLASS\"}} {}", cap.port_class_entries);
+    let _ = writeln!(out, "sg_map_capacity{{map=\"CIDR_ALLOW\"}} {}", cap.cidr_entries);
+    let _ = writeln!(out, "sg_map_capacity{{map=\"GEO_BLOCK\"}} {}", cap.geo_entries);
+    let (ports, cidrs) = dp.entry_counts()?;
+    let _ = writeln!(out, "# TYPE sg_map_entries gauge");
+    let _ = writeln!(out, "sg_map_entries{{map=\"IFACE_POLICY\"}} {}", dp.bindings()?.len());
     let _ = writeln!(out, "sg_map_entries{{map=\"PORT_CLASS\"}} {ports}");
     let _ = writeln!(out, "sg_map_entries{{map=\"CIDR_ALLOW\"}} {cidrs}");
     let _ = writeln!(out, "# TYPE sg_agent_commands_total counter");
@@ -138,6 +132,5 @@ pub fn render(g: &Global, m: &Metrics) -> Result<String> {
         "sg_last_command_duration_seconds {}",
         m.last_apply_us.load(Ordering::Relaxed) as f64 / 1e6
     );
-    let _ = Reason::ALL;
     Ok(out)
 }
