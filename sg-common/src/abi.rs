@@ -4,15 +4,23 @@
 //! and no `Option`, and its size is checked at compile time, so the byte layout the
 //! kernel sees is the one userspace writes.
 //!
-//! # Classification in two lookups
-//! A rule set is compiled (by `sg-daemon`) into two LPM tries, so a packet costs the same
-//! two lookups whatever the number of rules:
-//! 1. [`MAP_PORT_CLASS`]: `{policy, direction, family, protocol, port}` -> port class.
-//!    The port space of each protocol is cut into elementary intervals; each interval is
-//!    stored as port prefixes and names the class of rules that cover it. An entry whose
-//!    prefix stops before the protocol byte is the "any protocol" fallback.
-//! 2. [`MAP_CIDR_ALLOW`]: `{policy, class, remote address}` -> matching rule. Holds the
-//!    CIDRs of the rules of that class; any match allows (rules only allow).
+//! # Classification in two steps, each one hash lookup in the common case
+//! A rule set is compiled (by `sg-daemon`) into port classes and per-class CIDR sets,
+//! so a packet's cost does not depend on the number of rules:
+//! 1. Port -> class. The port space of each protocol is cut into elementary intervals,
+//!    each naming the class of rules that cover it. Short intervals (single ports, the
+//!    usual rule) are stored port by port in the hash [`MAP_PORT_CLASS_EXACT`]; longer
+//!    ones as port prefixes in the LPM trie [`MAP_PORT_CLASS`], which also holds the
+//!    "any protocol" fallback (a prefix that stops before the protocol byte). The
+//!    intervals partition the port space, so the hash is asked first and the trie only
+//!    on a miss: an exact port is always the longest prefix.
+//! 2. Remote address -> matching rule, within the class. Any match allows (rules only
+//!    allow); the longest prefix names the rule credited. A class whose CIDRs use at
+//!    most [`CIDR_EXACT_MAX_LENS`] prefix lengths (nearly all: a security group uses a
+//!    handful) lists them in its [`PortClass`], longest first, and each is one hash
+//!    lookup of the masked address in [`MAP_CIDR_ALLOW_EXACT`]; other classes use the
+//!    LPM trie [`MAP_CIDR_ALLOW`]. Hash lookups cost the same at 5 or 5,000 rules; a
+//!    trie's depth grows with everything stored in it.
 //!
 //! Interfaces are bound to a policy id through [`MAP_IFACE_POLICY`]. A new rule set is
 //! written under a fresh policy id and published by one update of that map, so a packet
@@ -22,8 +30,23 @@
 pub const MAP_IFACE_POLICY: &str = "IFACE_POLICY";
 /// `LpmKey<PortClassKey> -> PortClass`.
 pub const MAP_PORT_CLASS: &str = "PORT_CLASS";
+/// `PortClassKey -> PortClass` (hash): single ports and short port runs.
+pub const MAP_PORT_CLASS_EXACT: &str = "PORT_CLASS_EXACT";
 /// `LpmKey<CidrKey> -> CidrMatch`.
 pub const MAP_CIDR_ALLOW: &str = "CIDR_ALLOW";
+/// `CidrExactKey -> CidrMatch` (hash): one entry per rule CIDR, under its prefix length.
+pub const MAP_CIDR_ALLOW_EXACT: &str = "CIDR_ALLOW_EXACT";
+
+/// Version of the pinned maps' layout (keys, values, which maps exist), kept in
+/// `SG_META[1]`. A binary refuses to adopt pins of another layout instead of
+/// misreading them.
+pub const MAP_LAYOUT_VERSION: u64 = 2;
+/// Elementary port intervals up to this many ports go to [`MAP_PORT_CLASS_EXACT`].
+pub const PORT_EXACT_MAX_RUN: u32 = 8;
+/// Prefix lengths a class may use and still be matched by hash lookups.
+pub const CIDR_EXACT_MAX_LENS: usize = 6;
+/// [`PortClass::n_lens`] of a class matched through the LPM trie [`MAP_CIDR_ALLOW`].
+pub const CIDR_LENS_LPM: u8 = 0xff;
 
 /// `LpmKey<GeoKey> -> GeoValue`: networks of the geo-blocked countries.
 pub const MAP_GEO_BLOCK: &str = "GEO_BLOCK";
@@ -178,11 +201,26 @@ pub struct PortClassKey {
     pub _pad2: u16,
 }
 
-/// Value of [`MAP_PORT_CLASS`].
+/// Value of [`MAP_PORT_CLASS`] and [`MAP_PORT_CLASS_EXACT`]: the class, and how its
+/// CIDRs are matched.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortClass {
     pub class_id: u32,
+    /// Number of prefix lengths in `lens`, or [`CIDR_LENS_LPM`].
+    pub n_lens: u8,
+    /// Prefix lengths of the class's CIDRs, longest first; unused slots are zero.
+    pub lens: [u8; CIDR_EXACT_MAX_LENS + 1],
+}
+
+impl PortClass {
+    /// `n_lens` and `lens` as one integer (byte 0: `n_lens`, byte i: `lens[i - 1]`), so
+    /// the kernel passes them by value.
+    #[inline(always)]
+    pub const fn packed_lens(&self) -> u64 {
+        let l = &self.lens;
+        u64::from_le_bytes([self.n_lens, l[0], l[1], l[2], l[3], l[4], l[5], l[6]])
+    }
 }
 
 /// Key data of [`MAP_CIDR_ALLOW`]; IPv4 addresses occupy the first 4 bytes of `addr`.
@@ -194,7 +232,42 @@ pub struct CidrKey {
     pub addr: [u8; 16],
 }
 
-/// Value of [`MAP_CIDR_ALLOW`].
+/// Key of [`MAP_CIDR_ALLOW_EXACT`]: the remote address masked to `prefix_len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrExactKey {
+    pub policy_id: u32,
+    pub class_id: u32,
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// `addr` with every bit past the first `prefix_len` (0..=128) cleared. IPv4 addresses
+/// sit in the first four bytes, the rest zero, so one function serves both families.
+/// Branch-free: the kernel runs it in a loop, and every branch would multiply the
+/// paths the verifier walks.
+#[inline(always)]
+pub const fn mask_addr(addr: &[u8; 16], prefix_len: u8) -> [u8; 16] {
+    let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let lo =
+        u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    // Bits kept in the low half: max(len - 64, 0), without a branch.
+    let over = prefix_len as i64 - 64;
+    let lo_bits = (over & !(over >> 63)) as u32;
+    let hi_bits = prefix_len as u32 - lo_bits;
+    let (h, l) = ((hi & high_bits(hi_bits)).to_be_bytes(), (lo & high_bits(lo_bits)).to_be_bytes());
+    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]
+}
+
+/// A u64 with its `n` (0..=64) most significant bits set; two shifts so that no shift
+/// reaches 64 (undefined in eBPF as in Rust).
+#[inline(always)]
+const fn high_bits(n: u32) -> u64 {
+    !((u64::MAX >> (n / 2)) >> (n - n / 2))
+}
+
+/// Value of [`MAP_CIDR_ALLOW`] and [`MAP_CIDR_ALLOW_EXACT`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrMatch {
@@ -505,7 +578,8 @@ const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<IfacePolicy>() == 16);
     assert!(size_of::<PortClassKey>() == 12);
-    assert!(size_of::<PortClass>() == 4);
+    assert!(size_of::<PortClass>() == 12);
+    assert!(size_of::<CidrExactKey>() == 28);
     assert!(size_of::<CidrKey>() == 24);
     assert!(align_of::<CidrKey>() == 4);
     assert!(size_of::<CidrMatch>() == 4);
@@ -536,6 +610,7 @@ mod pod {
     unsafe impl aya::Pod for PortClassKey {}
     unsafe impl aya::Pod for PortClass {}
     unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for CidrExactKey {}
     unsafe impl aya::Pod for CidrMatch {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
@@ -550,4 +625,26 @@ mod pod {
     unsafe impl aya::Pod for RuleStatsKey {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for EventBudget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_addr_keeps_exactly_the_prefix() {
+        let all = [0xffu8; 16];
+        for len in 0..=128u8 {
+            let m = mask_addr(&all, len);
+            let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
+            assert_eq!(ones, u32::from(len), "/{len}");
+            // The kept bits are the leading ones.
+            let v = u128::from_be_bytes(m);
+            assert_eq!(v.leading_ones(), u32::from(len), "/{len}");
+        }
+        let v4 = [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(mask_addr(&v4, 24)[..4], [10, 1, 2, 0]);
+        assert_eq!(mask_addr(&v4, 32), v4);
+        assert_eq!(mask_addr(&v4, 0), [0; 16]);
+    }
 }

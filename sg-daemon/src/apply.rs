@@ -94,11 +94,7 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
             );
         }
         let mut compiled = compile_instance(0, &rules, &inst.geo_exempt);
-        for e in &mut compiled.cidrs {
-            if let Some(id) = rule_ids.get(e.value.rule_id as usize) {
-                e.value.rule_id = *id;
-            }
-        }
+        compiled.map_rule_ids(|index| rule_ids.get(index as usize).copied().unwrap_or(index));
         if compiled.len() > limits.max_entries_per_instance {
             bail!(
                 "instance {}: its rules compile to {} map entries, over the limit of {} (max_entries_per_instance); \
@@ -125,26 +121,26 @@ pub fn apply(
     prepared: Vec<Prepared>,
     geo: GeoPlan,
 ) -> Result<Option<(u32, String)>> {
-    let (ports, cidrs) = prepared
-        .iter()
-        .fold((0, 0), |(p, c), x| (p + x.compiled.port_classes.len(), c + x.compiled.cidrs.len()));
     // Old and new entries coexist until the switch: both must fit. Everything stored
     // counts, live and garbage alike: an upper bound.
     let usage = dp.trie_usage()?;
-    let (live_ports, live_cidrs) = (usage.port_entries, usage.cidr_entries);
-    if live_ports + ports > dp.capacity.port_class_entries as usize {
-        bail!(
-            "port-class map would hold {} entries, over its capacity of {} (port_class_entries)",
-            live_ports + ports,
-            dp.capacity.port_class_entries
-        );
-    }
-    if live_cidrs + cidrs > dp.capacity.cidr_entries as usize {
-        bail!(
-            "cidr map would hold {} entries, over its capacity of {} (cidr_entries)",
-            live_cidrs + cidrs,
-            dp.capacity.cidr_entries
-        );
+    let sum = |f: fn(&CompiledPolicy) -> usize| prepared.iter().map(|x| f(&x.compiled)).sum::<usize>();
+    let (port_cap, cidr_cap) = (dp.capacity.port_class_entries as usize, dp.capacity.cidr_entries as usize);
+    for (map, stored, new, cap, limit) in [
+        ("PORT_CLASS", usage.port_entries, sum(|c| c.port_classes.len()), port_cap, "port_class_entries"),
+        (
+            "PORT_CLASS_EXACT",
+            usage.port_exact_entries,
+            sum(|c| c.port_exact.len()),
+            port_cap,
+            "port_class_entries",
+        ),
+        ("CIDR_ALLOW", usage.cidr_entries, sum(|c| c.cidrs.len()), cidr_cap, "cidr_entries"),
+        ("CIDR_ALLOW_EXACT", usage.cidr_exact_entries, sum(|c| c.cidr_exact.len()), cidr_cap, "cidr_entries"),
+    ] {
+        if stored + new > cap {
+            bail!("{map} would hold {} entries, over its capacity of {cap} ({limit})", stored + new);
+        }
     }
 
     if let GeoPlan::Load { prefixes, .. } = &geo {
@@ -214,14 +210,7 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>, stored_ids: &BTre
     for Prepared { ifindex, instance, mut compiled, flags, rule_ids } in prepared {
         let policy_id = next_id;
         next_id = next_id.checked_add(1).context("policy ids exhausted")?;
-        // Re-key under the fresh id.
-        for e in &mut compiled.port_classes {
-            e.key.policy_id = policy_id;
-        }
-        for e in &mut compiled.cidrs {
-            e.key.policy_id = policy_id;
-        }
-        compiled.policy_id = policy_id;
+        compiled.set_policy_id(policy_id);
         dp.write_policy(&compiled).with_context(|| format!("instance {instance}"))?;
         dp.ensure_rule_stats(ifindex, &rule_ids)?;
         bindings.insert(ifindex, (instance, policy_id, flags));

@@ -1,12 +1,15 @@
-//! Pure core: an instance's rules -> the entries of the two classification tries.
+//! Pure core: an instance's rules -> the entries of the classification maps.
 //!
 //! For each direction, family and protocol the port space is cut into elementary
 //! intervals at every rule boundary. Each interval gets the *class* of rules covering
 //! it (plus the any-protocol rules, which cover every port of every protocol); equal
-//! sets share a class. Intervals become port prefixes in `PORT_CLASS`; each class's
-//! CIDRs go into `CIDR_ALLOW`. A packet then needs exactly two LPM lookups:
-//! port -> class, remote address within the class. Gaps between a protocol's
-//! intervals fall back (as a shorter prefix) to the any-protocol class.
+//! sets share a class. Short intervals (up to `PORT_EXACT_MAX_RUN` ports) are written
+//! port by port to `PORT_CLASS_EXACT`, longer ones as port prefixes to `PORT_CLASS`.
+//! Each class's CIDRs go to `CIDR_ALLOW_EXACT` under their prefix length when the
+//! class uses at most `CIDR_EXACT_MAX_LENS` lengths, else to `CIDR_ALLOW`. A packet
+//! then needs one port lookup and, usually, one CIDR lookup per prefix length of its
+//! class (see `sg_common::abi`). Gaps between a protocol's intervals fall back (as a
+//! shorter prefix) to the any-protocol class.
 //!
 //! Entry counts are linear in the rules for the common shapes (many ports from few
 //! CIDRs, or few ports from many CIDRs); adversarial overlaps can grow towards
@@ -17,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use sg_common::abi::{
-    CIDR_KEY_FIXED_BITS, CidrKey, CidrMatch, PORT_KEY_FIXED_BITS, PORT_KEY_PORT_OFFSET_BITS, PortClass,
-    PortClassKey,
+    CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, CidrMatch,
+    PORT_EXACT_MAX_RUN, PORT_KEY_FIXED_BITS, PORT_KEY_PORT_OFFSET_BITS, PortClass, PortClassKey, mask_addr,
 };
 use sg_common::model::{Direction, EtherType, Rule};
 
@@ -34,16 +37,43 @@ pub struct LpmEntry<K, V> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub policy_id: u32,
+    /// `PORT_CLASS` (port ranges, any-protocol fallback).
     pub port_classes: Vec<LpmEntry<PortClassKey, PortClass>>,
+    /// `PORT_CLASS_EXACT` (single ports, short runs).
+    pub port_exact: Vec<(PortClassKey, PortClass)>,
+    /// `CIDR_ALLOW` (classes with many prefix lengths, geo exemptions).
     pub cidrs: Vec<LpmEntry<CidrKey, CidrMatch>>,
+    /// `CIDR_ALLOW_EXACT` (classes with few prefix lengths).
+    pub cidr_exact: Vec<(CidrExactKey, CidrMatch)>,
 }
 
 impl CompiledPolicy {
     pub fn len(&self) -> usize {
-        self.port_classes.len() + self.cidrs.len()
+        self.port_entries() + self.cidr_entries()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Entries of both port maps.
+    pub fn port_entries(&self) -> usize {
+        self.port_classes.len() + self.port_exact.len()
+    }
+    /// Entries of both CIDR maps.
+    pub fn cidr_entries(&self) -> usize {
+        self.cidrs.len() + self.cidr_exact.len()
+    }
+    /// Re-keys every entry under `policy_id`.
+    pub fn set_policy_id(&mut self, policy_id: u32) {
+        self.policy_id = policy_id;
+        self.port_classes.iter_mut().for_each(|e| e.key.policy_id = policy_id);
+        self.port_exact.iter_mut().for_each(|e| e.0.policy_id = policy_id);
+        self.cidrs.iter_mut().for_each(|e| e.key.policy_id = policy_id);
+        self.cidr_exact.iter_mut().for_each(|e| e.0.policy_id = policy_id);
+    }
+    /// Replaces each rule id (a rule index as compiled) by `f(id)`.
+    pub fn map_rule_ids(&mut self, f: impl Fn(u32) -> u32) {
+        self.cidrs.iter_mut().for_each(|e| e.value.rule_id = f(e.value.rule_id));
+        self.cidr_exact.iter_mut().for_each(|e| e.1.rule_id = f(e.1.rule_id));
     }
 }
 
@@ -67,15 +97,14 @@ pub fn compile(policy_id: u32, rules: &[Rule]) -> CompiledPolicy {
     let mut out = CompiledPolicy { policy_id, ..Default::default() };
     // Rule-index set -> class id. Sets never span directions or families, so one
     // table for the whole policy is enough.
-    let mut classes: HashMap<BTreeSet<usize>, u32> = HashMap::new();
-    let mut intern = |set: BTreeSet<usize>, out: &mut CompiledPolicy| -> u32 {
-        if let Some(id) = classes.get(&set) {
-            return *id;
+    let mut classes: HashMap<BTreeSet<usize>, PortClass> = HashMap::new();
+    let mut intern = |set: BTreeSet<usize>, out: &mut CompiledPolicy| -> PortClass {
+        if let Some(class) = classes.get(&set) {
+            return *class;
         }
-        let id = classes.len() as u32 + 1;
-        emit_cidrs(out, policy_id, id, &set, rules);
-        classes.insert(set, id);
-        id
+        let class = emit_cidrs(out, policy_id, classes.len() as u32 + 1, &set, rules);
+        classes.insert(set, class);
+        class
     };
 
     for direction in [Direction::Ingress, Direction::Egress] {
@@ -102,23 +131,26 @@ pub fn compile(policy_id: u32, rules: &[Rule]) -> CompiledPolicy {
                 ..Default::default()
             };
             if !any_proto.is_empty() {
-                let class_id = intern(any_proto.clone(), &mut out);
-                out.port_classes.push(LpmEntry {
-                    prefix_len: PORT_KEY_FIXED_BITS,
-                    key: base,
-                    value: PortClass { class_id },
-                });
+                let value = intern(any_proto.clone(), &mut out);
+                out.port_classes.push(LpmEntry { prefix_len: PORT_KEY_FIXED_BITS, key: base, value });
             }
             for (protocol, ranges) in by_proto {
                 for (lo, hi, set) in elementary_intervals(&ranges) {
                     let mut set = set;
                     set.extend(any_proto.iter().copied());
-                    let class_id = intern(set, &mut out);
+                    let value = intern(set, &mut out);
+                    if hi - lo < PORT_EXACT_MAX_RUN {
+                        for port in lo..=hi {
+                            let port_be = (port as u16).to_be();
+                            out.port_exact.push((PortClassKey { protocol, port_be, ..base }, value));
+                        }
+                        continue;
+                    }
                     for (port, bits) in range_to_prefixes(lo, hi) {
                         out.port_classes.push(LpmEntry {
                             prefix_len: PORT_KEY_PORT_OFFSET_BITS + bits,
                             key: PortClassKey { protocol, port_be: port.to_be(), ..base },
-                            value: PortClass { class_id },
+                            value,
                         });
                     }
                 }
@@ -128,25 +160,41 @@ pub fn compile(policy_id: u32, rules: &[Rule]) -> CompiledPolicy {
     out
 }
 
+/// Writes the CIDRs of class `class_id` (rules `set`) and returns its port-map value.
 fn emit_cidrs(
     out: &mut CompiledPolicy,
     policy_id: u32,
     class_id: u32,
     set: &BTreeSet<usize>,
     rules: &[Rule],
-) {
+) -> PortClass {
     // Same CIDR twice in a class: keep the first rule (lowest index) as the match.
     let mut seen: BTreeMap<IpNet, usize> = BTreeMap::new();
     for &i in set {
         seen.entry(rules[i].cidr).or_insert(i);
     }
-    for (cidr, rule_index) in seen {
-        out.cidrs.push(LpmEntry {
-            prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
-            key: CidrKey { policy_id, class_id, addr: addr_bytes(&cidr) },
-            value: CidrMatch { rule_id: rule_index as u32 },
-        });
+    let lens: BTreeSet<u8> = seen.keys().map(|c| c.prefix_len()).collect();
+    if lens.len() > CIDR_EXACT_MAX_LENS {
+        for (cidr, rule_index) in seen {
+            out.cidrs.push(LpmEntry {
+                prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
+                key: CidrKey { policy_id, class_id, addr: addr_bytes(&cidr) },
+                value: CidrMatch { rule_id: rule_index as u32 },
+            });
+        }
+        return PortClass { class_id, n_lens: CIDR_LENS_LPM, lens: [0; CIDR_EXACT_MAX_LENS + 1] };
     }
+    for (cidr, rule_index) in seen {
+        let prefix_len = cidr.prefix_len();
+        let key = CidrExactKey { policy_id, class_id, prefix_len, _pad: [0; 3], addr: addr_bytes(&cidr) };
+        debug_assert_eq!(key.addr, mask_addr(&key.addr, prefix_len), "CIDRs are stored as networks");
+        out.cidr_exact.push((key, CidrMatch { rule_id: rule_index as u32 }));
+    }
+    let mut value = PortClass { class_id, n_lens: lens.len() as u8, lens: [0; CIDR_EXACT_MAX_LENS + 1] };
+    for (slot, len) in value.lens.iter_mut().zip(lens.iter().rev()) {
+        *slot = *len;
+    }
+    value
 }
 
 /// An address as key bytes: IPv4 in the first four bytes, the rest zero.
@@ -199,8 +247,9 @@ pub fn range_to_prefixes(lo: u32, hi: u32) -> Vec<(u16, u32)> {
     out
 }
 
-/// Evaluates a compiled policy the way the kernel's two lookups do (longest prefix
-/// wins), for tests that check the compiler against the reference classifier.
+/// Evaluates a compiled policy the way the kernel's lookups do (exact port, else the
+/// longest port prefix; then the class's prefix lengths longest first, or the longest
+/// CIDR prefix), for tests that check the compiler against the reference classifier.
 pub fn lookup(
     policy: &CompiledPolicy,
     direction: Direction,
@@ -217,21 +266,37 @@ pub fn lookup(
         port_be: port_key.to_be(),
         ..Default::default()
     };
-    let class = policy
-        .port_classes
-        .iter()
-        .filter(|e| prefix_match(&port_key_bytes(&e.key), &port_key_bytes(&want), e.prefix_len))
-        .max_by_key(|e| e.prefix_len)?
-        .value
-        .class_id;
-    let net = IpNet::from(remote);
-    let want = CidrKey { policy_id: policy.policy_id, class_id: class, addr: addr_bytes(&net) };
-    policy
-        .cidrs
-        .iter()
-        .filter(|e| prefix_match(&cidr_key_bytes(&e.key), &cidr_key_bytes(&want), e.prefix_len))
-        .max_by_key(|e| e.prefix_len)
-        .map(|e| e.value.rule_id)
+    let class = match policy.port_exact.iter().find(|(k, _)| *k == want) {
+        Some((_, class)) => *class,
+        None => {
+            policy
+                .port_classes
+                .iter()
+                .filter(|e| prefix_match(&port_key_bytes(&e.key), &port_key_bytes(&want), e.prefix_len))
+                .max_by_key(|e| e.prefix_len)?
+                .value
+        }
+    };
+    let addr = addr_bytes(&IpNet::from(remote));
+    if class.n_lens == CIDR_LENS_LPM {
+        let want = CidrKey { policy_id: policy.policy_id, class_id: class.class_id, addr };
+        return policy
+            .cidrs
+            .iter()
+            .filter(|e| prefix_match(&cidr_key_bytes(&e.key), &cidr_key_bytes(&want), e.prefix_len))
+            .max_by_key(|e| e.prefix_len)
+            .map(|e| e.value.rule_id);
+    }
+    class.lens[..usize::from(class.n_lens)].iter().find_map(|&prefix_len| {
+        let want = CidrExactKey {
+            policy_id: policy.policy_id,
+            class_id: class.class_id,
+            prefix_len,
+            _pad: [0; 3],
+            addr: mask_addr(&addr, prefix_len),
+        };
+        policy.cidr_exact.iter().find(|(k, _)| *k == want).map(|(_, m)| m.rule_id)
+    })
 }
 
 fn port_key_bytes(k: &PortClassKey) -> Vec<u8> {
@@ -283,6 +348,58 @@ mod tests {
         assert!(c.len() < 20, "{c:?}");
         let ok = |port| lookup(&c, Direction::Ingress, 6, port, "1.2.3.4".parse().unwrap()).is_some();
         assert!(ok(22) && ok(443) && ok(9833) && !ok(80));
+    }
+
+    #[test]
+    fn few_prefix_lengths_go_to_hashes_many_to_the_trie() {
+        let rule = |port: u16, cidr: &str| {
+            let mut r = Rule::new(Direction::Ingress, EtherType::IPv4, Protocol::Tcp, cidr.parse().unwrap());
+            r.ports = Some(PortRange { min: port, max: port });
+            r
+        };
+        // Port 22 from six prefix lengths, port 80 from seven, 8000-8100 from one.
+        let mut rules: Vec<Rule> = [8, 16, 20, 24, 28, 32]
+            .iter()
+            .map(|len| rule(22, &format!("10.0.0.0/{len}")))
+            .chain([8, 12, 16, 20, 24, 28, 32].iter().map(|len| rule(80, &format!("10.0.0.0/{len}"))))
+            .collect();
+        let mut range = rule(8000, "192.0.2.0/24");
+        range.ports = Some(PortRange { min: 8000, max: 8100 });
+        rules.push(range);
+        let c = compile(5, &rules);
+        assert_eq!(c.port_exact.len(), 2, "22 and 80 are single ports");
+        assert!(!c.port_classes.is_empty(), "8000-8100 is a range");
+        assert_eq!(c.cidr_exact.len(), 6 + 1, "port 22's and the range's CIDRs");
+        assert_eq!(c.cidrs.len(), 7, "port 80's seven lengths");
+        let class_22 = c.port_exact.iter().find(|(k, _)| k.port_be == 22u16.to_be()).unwrap().1;
+        assert_eq!(class_22.n_lens, 6);
+        assert_eq!(&class_22.lens[..6], &[32, 28, 24, 20, 16, 8], "longest first");
+        // Longest prefix names the rule, in both modes.
+        let at = |port, addr: &str| lookup(&c, Direction::Ingress, 6, port, addr.parse().unwrap());
+        assert_eq!(at(22, "10.0.0.0"), Some(5));
+        assert_eq!(at(22, "10.0.0.1"), Some(4));
+        assert_eq!(at(22, "10.0.0.17"), Some(3));
+        assert_eq!(at(22, "10.200.0.1"), Some(0));
+        assert_eq!(at(80, "10.0.0.0"), Some(12));
+        assert_eq!(at(80, "10.0.0.1"), Some(11));
+        assert_eq!(at(80, "10.9.0.1"), Some(7));
+        assert_eq!(at(80, "11.0.0.1"), None);
+        assert_eq!(at(8050, "192.0.2.9"), Some(13));
+        assert_eq!(at(8101, "192.0.2.9"), None);
+    }
+
+    #[test]
+    fn short_runs_are_exact_long_ones_prefixes() {
+        let mut r =
+            Rule::new(Direction::Ingress, EtherType::IPv4, Protocol::Udp, "0.0.0.0/0".parse().unwrap());
+        r.ports = Some(PortRange { min: 1000, max: 1000 + PORT_EXACT_MAX_RUN as u16 - 1 });
+        let c = compile(1, std::slice::from_ref(&r));
+        assert_eq!(c.port_exact.len(), PORT_EXACT_MAX_RUN as usize);
+        assert!(c.port_classes.is_empty());
+        r.ports = Some(PortRange { min: 1000, max: 1000 + PORT_EXACT_MAX_RUN as u16 });
+        let c = compile(1, &[r]);
+        assert!(c.port_exact.is_empty());
+        assert!(!c.port_classes.is_empty());
     }
 
     fn arb_rule() -> impl Strategy<Value = Rule> {

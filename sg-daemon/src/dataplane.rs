@@ -20,9 +20,10 @@ use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, Per
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
-    self, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, MAP_CIDR_ALLOW, MAP_CT, MAP_CT_CONFIG,
-    MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY, MAP_IFACE_STATS, MAP_PORT_CLASS, PortClass,
-    PortClassKey, Reason,
+    self, CidrExactKey, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, IfacePolicy, MAP_CIDR_ALLOW,
+    MAP_CIDR_ALLOW_EXACT, MAP_CT, MAP_CT_CONFIG, MAP_CT_NEW, MAP_GEO_BLOCK, MAP_GEO_CONFIG, MAP_IFACE_POLICY,
+    MAP_IFACE_STATS, MAP_LAYOUT_VERSION, MAP_PORT_CLASS, MAP_PORT_CLASS_EXACT, PortClass, PortClassKey,
+    Reason,
 };
 use sg_common::abi::{
     GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters, MAP_RULE_STATS, RuleCounters,
@@ -39,7 +40,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
     pub interfaces: u32,
+    /// Each of the two port maps (`PORT_CLASS`, `PORT_CLASS_EXACT`).
     pub port_class_entries: u32,
+    /// Each of the two CIDR maps (`CIDR_ALLOW`, `CIDR_ALLOW_EXACT`).
     pub cidr_entries: u32,
     /// Networks of geo-blocked countries (two sets coexist during a swap).
     pub geo_entries: u32,
@@ -65,11 +68,17 @@ impl Default for Capacity {
     }
 }
 
-/// Contents of the rule tries: entries per trie and the policy ids they belong to.
+/// Contents of the rule maps: entries per map and the policy ids they belong to.
 #[derive(Clone, Debug, Default)]
 pub struct TrieUsage {
+    /// `PORT_CLASS` (trie).
     pub port_entries: usize,
+    /// `PORT_CLASS_EXACT` (hash).
+    pub port_exact_entries: usize,
+    /// `CIDR_ALLOW` (trie).
     pub cidr_entries: usize,
+    /// `CIDR_ALLOW_EXACT` (hash).
+    pub cidr_exact_entries: usize,
     pub policy_ids: BTreeSet<u32>,
 }
 
@@ -93,6 +102,44 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
         }
         info!("mounted bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+/// Deletes the keys of a hash map that `keep` rejects; returns how many.
+fn remove_dead_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    keep: impl Fn(&K) -> bool,
+) -> Result<usize> {
+    let mut map: BpfHashMap<&mut MapData, K, V> = BpfHashMap::try_from(map)?;
+    let dead: Vec<K> = map.keys().filter_map(|k| k.ok()).filter(|k| !keep(k)).collect();
+    for k in &dead {
+        map.remove(k)?;
+    }
+    Ok(dead.len())
+}
+
+/// `SG_META` slots: the pinned programs' object hash, the maps' layout version.
+const META_OBJECT_HASH: u32 = 0;
+const META_LAYOUT: u32 = 1;
+
+/// Refuses pins written with another map layout: the programs would misread them.
+fn check_layout(dir: &Path) -> Result<()> {
+    let pin = dir.join("SG_META");
+    if !pin.exists() {
+        return Ok(()); // a fresh directory
+    }
+    let meta: Array<MapData, u64> = Array::try_from(aya::maps::Map::Array(MapData::from_pin(&pin)?))?;
+    let (hash, layout) = (meta.get(&META_OBJECT_HASH, 0)?, meta.get(&META_LAYOUT, 0)?);
+    // Layout 1 predates the version slot (it reads as 0 next to a program hash).
+    let layout = if layout == 0 && hash != 0 { 1 } else { layout };
+    if layout != 0 && layout != MAP_LAYOUT_VERSION {
+        bail!(
+            "the data plane pinned under {} uses map layout {layout}, this binary layout {MAP_LAYOUT_VERSION}: \
+             run `sg-daemon uninstall` (tracked connections are lost) and apply the state again \
+             (`sg-daemon apply -f /var/lib/sg/state.yaml`)",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -133,10 +180,12 @@ impl Dataplane {
         // Pinned maps keep the size they were created with (the loader refuses to reuse
         // a pin of another size): their size is the truth, a different request only
         // takes effect after `uninstall`.
+        check_layout(dir)?;
         let mut actual = capacity;
         for (name, field) in [
             (MAP_IFACE_POLICY, &mut actual.interfaces),
             (MAP_PORT_CLASS, &mut actual.port_class_entries),
+            // The hash maps were created with their trie's size, and follow it.
             (MAP_CIDR_ALLOW, &mut actual.cidr_entries),
             (MAP_CT, &mut actual.ct_entries),
             (MAP_CT_NEW, &mut actual.ct_new_entries),
@@ -162,7 +211,9 @@ impl Dataplane {
             .default_map_pin_directory(dir)
             .map_max_entries(MAP_IFACE_POLICY, actual.interfaces)
             .map_max_entries(MAP_PORT_CLASS, actual.port_class_entries)
+            .map_max_entries(MAP_PORT_CLASS_EXACT, actual.port_class_entries)
             .map_max_entries(MAP_CIDR_ALLOW, actual.cidr_entries)
+            .map_max_entries(MAP_CIDR_ALLOW_EXACT, actual.cidr_entries)
             .map_max_entries(MAP_CT, actual.ct_entries)
             .map_max_entries(MAP_CT_NEW, actual.ct_new_entries)
             .map_max_entries(MAP_GEO_BLOCK, actual.geo_entries)
@@ -171,6 +222,9 @@ impl Dataplane {
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
+        let mut meta: Array<&mut MapData, u64> =
+            Array::try_from(dp.ebpf.map_mut("SG_META").context("SG_META map")?)?;
+        meta.set(META_LAYOUT, &MAP_LAYOUT_VERSION, 0)?;
         // First use of this directory: load and pin the programs now.
         if !dp.prog_pin("prog_egress").exists() || !dp.prog_pin("prog_ingress").exists() {
             dp.ensure_programs()?;
@@ -194,7 +248,7 @@ impl Dataplane {
     pub fn ensure_programs(&mut self) -> Result<()> {
         let hash = object_hash();
         let meta: Array<&MapData, u64> = Array::try_from(self.ebpf.map("SG_META").context("SG_META map")?)?;
-        let pinned_hash = meta.get(&0, 0)?;
+        let pinned_hash = meta.get(&META_OBJECT_HASH, 0)?;
         if pinned_hash == hash
             && self.prog_pin("prog_egress").exists()
             && self.prog_pin("prog_ingress").exists()
@@ -205,7 +259,7 @@ impl Dataplane {
         self.ensure_tc()?;
         let mut meta: Array<&mut MapData, u64> =
             Array::try_from(self.ebpf.map_mut("SG_META").context("SG_META map")?)?;
-        meta.set(0, &hash, 0)?;
+        meta.set(META_OBJECT_HASH, &hash, 0)?;
         Ok(())
     }
 
@@ -362,6 +416,26 @@ impl Dataplane {
                 })?;
             }
         }
+        {
+            let mut ports: BpfHashMap<&mut MapData, PortClassKey, PortClass> = BpfHashMap::try_from(
+                self.ebpf.map_mut(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?,
+            )?;
+            for (k, v) in &policy.port_exact {
+                ports.insert(k, v, 0).map_err(|err| {
+                    anyhow!("writing PORT_CLASS_EXACT (capacity {}): {err}", self.capacity.port_class_entries)
+                })?;
+            }
+        }
+        {
+            let mut cidrs: BpfHashMap<&mut MapData, CidrExactKey, CidrMatch> = BpfHashMap::try_from(
+                self.ebpf.map_mut(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?,
+            )?;
+            for (k, v) in &policy.cidr_exact {
+                cidrs.insert(k, v, 0).map_err(|err| {
+                    anyhow!("writing CIDR_ALLOW_EXACT (capacity {}): {err}", self.capacity.cidr_entries)
+                })?;
+            }
+        }
         let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
             LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
         for e in &policy.cidrs {
@@ -426,6 +500,18 @@ impl Dataplane {
             usage.policy_ids.insert(k?.data().policy_id);
             usage.cidr_entries += 1;
         }
+        let ports: BpfHashMap<&MapData, PortClassKey, PortClass> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?)?;
+        for k in ports.keys() {
+            usage.policy_ids.insert(k?.policy_id);
+            usage.port_exact_entries += 1;
+        }
+        let cidrs: BpfHashMap<&MapData, CidrExactKey, CidrMatch> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?)?;
+        for k in cidrs.keys() {
+            usage.policy_ids.insert(k?.policy_id);
+            usage.cidr_exact_entries += 1;
+        }
         Ok(usage)
     }
 
@@ -451,13 +537,21 @@ impl Dataplane {
             cidrs.remove(&k)?;
             removed += 1;
         }
+        removed += remove_dead_keys::<PortClassKey, PortClass>(
+            self.ebpf.map_mut(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?,
+            |k| live.contains(&k.policy_id),
+        )?;
+        removed += remove_dead_keys::<CidrExactKey, CidrMatch>(
+            self.ebpf.map_mut(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?,
+            |k| live.contains(&k.policy_id),
+        )?;
         Ok(removed)
     }
 
-    /// Entries stored in (PORT_CLASS, CIDR_ALLOW).
+    /// Entries stored in the port maps and in the CIDR maps (trie + hash each).
     pub fn entry_counts(&self) -> Result<(usize, usize)> {
         let usage = self.trie_usage()?;
-        Ok((usage.port_entries, usage.cidr_entries))
+        Ok((usage.port_entries + usage.port_exact_entries, usage.cidr_entries + usage.cidr_exact_entries))
     }
 
     /// A policy id not used by any binding or stored entry.

@@ -111,14 +111,24 @@ pub fn render(g: &Global, m: &Metrics) -> Result<String> {
     let _ = writeln!(out, "sg_geo_prefixes {geo_len}");
     let _ = writeln!(out, "# TYPE sg_map_capacity gauge");
     let _ = writeln!(out, "sg_map_capacity{{map=\"IFACE_POLICY\"}} {}", cap.interfaces);
-    let _ = writeln!(out, "sg_map_capacity{{map=\"PORT_CLASS\"}} {}", cap.port_class_entries);
-    let _ = writeln!(out, "sg_map_capacity{{map=\"CIDR_ALLOW\"}} {}", cap.cidr_entries);
+    for map in ["PORT_CLASS", "PORT_CLASS_EXACT"] {
+        let _ = writeln!(out, "sg_map_capacity{{map=\"{map}\"}} {}", cap.port_class_entries);
+    }
+    for map in ["CIDR_ALLOW", "CIDR_ALLOW_EXACT"] {
+        let _ = writeln!(out, "sg_map_capacity{{map=\"{map}\"}} {}", cap.cidr_entries);
+    }
     let _ = writeln!(out, "sg_map_capacity{{map=\"GEO_BLOCK\"}} {}", cap.geo_entries);
-    let (ports, cidrs) = dp.entry_counts()?;
+    let usage = dp.trie_usage()?;
     let _ = writeln!(out, "# TYPE sg_map_entries gauge");
     let _ = writeln!(out, "sg_map_entries{{map=\"IFACE_POLICY\"}} {}", dp.bindings()?.len());
-    let _ = writeln!(out, "sg_map_entries{{map=\"PORT_CLASS\"}} {ports}");
-    let _ = writeln!(out, "sg_map_entries{{map=\"CIDR_ALLOW\"}} {cidrs}");
+    for (map, n) in [
+        ("PORT_CLASS", usage.port_entries),
+        ("PORT_CLASS_EXACT", usage.port_exact_entries),
+        ("CIDR_ALLOW", usage.cidr_entries),
+        ("CIDR_ALLOW_EXACT", usage.cidr_exact_entries),
+    ] {
+        let _ = writeln!(out, "sg_map_entries{{map=\"{map}\"}} {n}");
+    }
     let _ = writeln!(out, "# TYPE sg_agent_commands_total counter");
     let _ = writeln!(out, "sg_agent_commands_total {}", m.commands.load(Ordering::Relaxed));
     let _ = writeln!(out, "# TYPE sg_agent_command_errors_total counter");

@@ -1,9 +1,13 @@
-//! Rule lookup: two LPM lookups whatever the number of rules (see `sg_common::abi`).
+//! Rule lookup: port -> class, then remote address within the class, each one hash
+//! lookup in the common case whatever the number of rules (see `sg_common::abi`).
 use aya_ebpf::maps::lpm_trie::Key;
-use sg_common::abi::{CIDR_KEY_FIXED_BITS, CidrKey, DIR_INGRESS, IfacePolicy, PortClassKey, Reason};
+use sg_common::abi::{
+    CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, DIR_INGRESS, IfacePolicy,
+    PortClassKey, Reason, mask_addr,
+};
 
 use crate::{
-    maps::{CIDR_ALLOW, IFACE_POLICY, PORT_CLASS},
+    maps::{CIDR_ALLOW, CIDR_ALLOW_EXACT, IFACE_POLICY, PORT_CLASS, PORT_CLASS_EXACT},
     parse::Meta,
 };
 
@@ -38,7 +42,7 @@ pub fn classify_fields(
     }
 }
 
-/// Two LPM lookups: port -> class, then remote address within the class.
+/// The rule of `direction` in `policy_id` allowing a packet with these fields, if any.
 #[inline(always)]
 fn matching_rule(
     policy_id: u32,
@@ -48,12 +52,83 @@ fn matching_rule(
     port_key: u16,
     remote: &[u8; 16],
 ) -> Option<u32> {
-    let port_key = Key::new(
-        80,
-        PortClassKey { policy_id, direction, family, protocol, _pad: 0, port_be: port_key.to_be(), _pad2: 0 },
-    );
-    let class = PORT_CLASS.get(&port_key)?;
-    let cidr_key =
-        Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id: class.class_id, addr: *remote });
-    CIDR_ALLOW.get(&cidr_key).map(|m| m.rule_id)
+    // The address travels as two integers (native byte order; only the bytes matter).
+    // SAFETY: reads within the 16-byte array.
+    let (a, b) = unsafe {
+        let p = remote.as_ptr() as *const u64;
+        (p.read_unaligned(), p.add(1).read_unaligned())
+    };
+    let selector =
+        u64::from(direction) | u64::from(family) << 8 | u64::from(protocol) << 16 | u64::from(port_key) << 32;
+    match sg_matching_rule(policy_id, selector, a, b) {
+        NO_RULE => None,
+        rule_id => Some(rule_id as u32),
+    }
+}
+
+/// [`sg_matching_rule`]'s "no rule" (rule ids are 32-bit).
+const NO_RULE: u64 = u64::MAX;
+
+/// Port -> class (exact hash, else the range trie), then the remote address within the
+/// class (each of its prefix lengths, longest first, or the CIDR trie). Returns the
+/// rule id or [`NO_RULE`]. `selector`: direction | family << 8 | protocol << 16 |
+/// port key << 32; `a`, `b`: the remote address's bytes 0-7 and 8-15.
+///
+/// A *global* BPF function (exported, integer arguments): the verifier checks it once,
+/// on its own, instead of once per state of each caller (the rules and two flow
+/// re-checks, each reached by many parse outcomes), which the loop of hash lookups
+/// would multiply past the verifier's limits. Its keys also live in its own stack
+/// frame, not in the packet pipeline's.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64) -> u64 {
+    let key = PortClassKey {
+        policy_id,
+        direction: selector as u8,
+        family: (selector >> 8) as u8,
+        protocol: (selector >> 16) as u8,
+        _pad: 0,
+        port_be: ((selector >> 32) as u16).to_be(),
+        _pad2: 0,
+    };
+    // SAFETY: plain-data values read from map pointers valid for this run.
+    let (class_id, lens) = match unsafe { PORT_CLASS_EXACT.get(&key) } {
+        Some(c) => (c.class_id, c.packed_lens()),
+        None => match PORT_CLASS.get(&Key::new(80, key)) {
+            Some(c) => (c.class_id, c.packed_lens()),
+            None => return NO_RULE,
+        },
+    };
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&a.to_ne_bytes());
+    addr[8..].copy_from_slice(&b.to_ne_bytes());
+    let n_lens = (lens & 0xff) as u8;
+    if n_lens == CIDR_LENS_LPM {
+        let key = Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id, addr });
+        return CIDR_ALLOW.get(&key).map_or(NO_RULE, |m| u64::from(m.rule_id));
+    }
+    let mut key = CidrExactKey { policy_id, class_id, prefix_len: 0, _pad: [0; 3], addr: [0; 16] };
+    // Unrolled by hand: written as a loop, LLVM turns the bound into a `!=` test on a
+    // computed count, which the verifier cannot prove terminates.
+    macro_rules! probe {
+        ($i:literal) => {
+            if n_lens <= $i {
+                return NO_RULE;
+            }
+            key.prefix_len = (lens >> (8 * ($i + 1))) as u8;
+            key.addr = mask_addr(&addr, key.prefix_len);
+            // SAFETY: plain-data value copied out of the map.
+            if let Some(m) = unsafe { CIDR_ALLOW_EXACT.get(&key) } {
+                return u64::from(m.rule_id);
+            }
+        };
+    }
+    probe!(0);
+    probe!(1);
+    probe!(2);
+    probe!(3);
+    probe!(4);
+    probe!(5);
+    const _: () = assert!(CIDR_EXACT_MAX_LENS == 6, "one probe per prefix length");
+    NO_RULE
 }

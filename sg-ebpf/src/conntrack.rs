@@ -19,21 +19,24 @@ pub enum Tracked {
     /// Decided by the tracker.
     Decided(Reason),
     /// The rules decide. `revoked`: a flow of this packet was just cut because its rule
-    /// is gone. `key`: the flow the packet would open if a rule allows it.
-    Rules { revoked: bool, key: Option<CtKey> },
+    /// is gone.
+    Rules { revoked: bool },
+}
+
+/// Idle timeout of a flow in `state`, in ns. Read from `CT_CONFIG` each time (an
+/// inlined array lookup) rather than copied once: stack space is scarce.
+#[inline(always)]
+fn timeout_ns(protocol: u8, state: u8) -> u64 {
+    let secs = match CT_CONFIG.get(0) {
+        Some(t) if t.tcp_established != 0 => t.for_state(protocol, state),
+        _ => CtTimeouts::DEFAULT.for_state(protocol, state),
+    };
+    u64::from(secs) * 1_000_000_000
 }
 
 #[inline(always)]
-fn timeouts() -> CtTimeouts {
-    match CT_CONFIG.get(0) {
-        Some(t) if t.tcp_established != 0 => *t,
-        _ => CtTimeouts::DEFAULT,
-    }
-}
-
-#[inline(always)]
-fn alive(e: &CtEntry, protocol: u8, now: u64, t: &CtTimeouts) -> bool {
-    now.saturating_sub(e.last_seen_ns) <= u64::from(t.for_state(protocol, e.state)) * 1_000_000_000
+fn alive(e: &CtEntry, protocol: u8, now: u64) -> bool {
+    now.saturating_sub(e.last_seen_ns) <= timeout_ns(protocol, e.state)
 }
 
 #[inline(always)]
@@ -179,16 +182,16 @@ fn step(state: u8, is_origin: bool, m: &Meta) -> Option<u8> {
 
 /// A live entry for `key`: (pointer, in CT (confirmed) or CT_NEW).
 #[inline(always)]
-fn lookup(key: &CtKey, clock: &mut Clock, t: &CtTimeouts) -> Option<(*mut CtEntry, bool)> {
+fn lookup(key: &CtKey, clock: &mut Clock) -> Option<(*mut CtEntry, bool)> {
     if let Some(p) = CT.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this program run.
-        if alive(unsafe { &*p }, key.protocol, clock.now(), t) {
+        if alive(unsafe { &*p }, key.protocol, clock.now()) {
             return Some((p, true));
         }
     }
     if let Some(p) = CT_NEW.get_ptr_mut(key) {
         // SAFETY: as above.
-        if alive(unsafe { &*p }, key.protocol, clock.now(), t) {
+        if alive(unsafe { &*p }, key.protocol, clock.now()) {
             return Some((p, false));
         }
     }
@@ -203,12 +206,11 @@ fn remove(key: &CtKey, confirmed: bool) {
 /// Tracking step before the rules.
 #[inline(always)]
 pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta, clock: &mut Clock) -> Tracked {
-    let t = timeouts();
     let mut revoked = false;
 
     if m.inner.valid != 0 {
         let key = related_key(ifindex, direction, &m.inner);
-        if let Some((p, confirmed)) = lookup(&key, clock, &t) {
+        if let Some((p, confirmed)) = lookup(&key, clock) {
             // SAFETY: map value pointer.
             let e = unsafe { &*p };
             if e.policy_id == policy_id || still_allowed(policy_id, &key, e) {
@@ -221,7 +223,7 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta, clock: &mut 
 
     let key = flow_key(ifindex, direction, m);
     if let Some(key) = &key
-        && let Some((p, confirmed)) = lookup(key, clock, &t)
+        && let Some((p, confirmed)) = lookup(key, clock)
     {
         // SAFETY: map value pointer; plain-data writes.
         let e = unsafe { &mut *p };
@@ -248,12 +250,16 @@ pub fn track(ifindex: u32, policy_id: u32, direction: u8, m: &Meta, clock: &mut 
             return Tracked::Decided(Reason::AllowTracked);
         }
     }
-    Tracked::Rules { revoked, key }
+    Tracked::Rules { revoked }
 }
 
-/// After a rule allowed `m`: open a flow if the packet can open one.
+/// After a rule allowed `m`: open a flow if the packet can open one. (The key is
+/// computed again rather than carried from [`track`]: stack space is scarcer than
+/// instructions.)
 #[inline(always)]
-pub fn open(key: &CtKey, policy_id: u32, direction: u8, m: &Meta, clock: &mut Clock) {
+pub fn open(ifindex: u32, policy_id: u32, direction: u8, m: &Meta, clock: &mut Clock) {
+    let Some(key) = flow_key(ifindex, direction, m) else { return };
+    let key = &key;
     let state = match m.protocol {
         IPPROTO_TCP => {
             if m.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {

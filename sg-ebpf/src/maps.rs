@@ -1,24 +1,38 @@
 //! Maps shared with `sg-daemon`, pinned by name under the daemon's bpffs directory so
 //! enforcement outlives the daemon. Sizes here are defaults; the loader overrides them
 //! from the configured limits.
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sg_common::abi::{
-    CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig, GeoKey,
-    GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, RuleCounters, RuleStatsKey,
+    CidrExactKey, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig,
+    GeoKey, GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, RuleCounters, RuleStatsKey,
 };
 
 /// ifindex -> policy of the instance behind it.
 #[map]
 pub static IFACE_POLICY: HashMap<u32, IfacePolicy> = HashMap::pinned(4096, 0);
 
-/// {policy, direction, family, protocol, port prefix} -> port class.
+/// {policy, direction, family, protocol, port} -> port class, for single ports and
+/// short runs (asked first). Entries are allocated as written (no preallocation): the
+/// map costs memory for what it holds, not for its capacity.
+#[map]
+pub static PORT_CLASS_EXACT: HashMap<PortClassKey, PortClass> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+
+/// {policy, direction, family, protocol, port prefix} -> port class, for port ranges
+/// and the any-protocol fallback (asked when the exact map misses).
 #[map]
 pub static PORT_CLASS: LpmTrie<PortClassKey, PortClass> = LpmTrie::pinned(262_144, 0);
 
-/// {policy, class, remote prefix} -> first matching rule.
+/// {policy, class, prefix length, masked remote} -> first matching rule, for classes
+/// with few prefix lengths (see `sg_common::abi`).
+#[map]
+pub static CIDR_ALLOW_EXACT: HashMap<CidrExactKey, CidrMatch> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+
+/// {policy, class, remote prefix} -> first matching rule, for the other classes and
+/// the geo-block exemptions.
 #[map]
 pub static CIDR_ALLOW: LpmTrie<CidrKey, CidrMatch> = LpmTrie::pinned(262_144, 0);
 

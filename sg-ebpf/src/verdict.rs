@@ -89,11 +89,9 @@ fn decide_packet(
     }
     match conntrack::track(ifindex, policy.policy_id, direction, meta, clock) {
         Tracked::Decided(reason) => reason,
-        Tracked::Rules { revoked, key } => match classify::classify(policy.policy_id, direction, meta) {
+        Tracked::Rules { revoked } => match classify::classify(policy.policy_id, direction, meta) {
             Some(rule_id) => {
-                if let Some(key) = &key {
-                    conntrack::open(key, policy.policy_id, direction, meta, clock);
-                }
+                conntrack::open(ifindex, policy.policy_id, direction, meta, clock);
                 count_rule(ifindex, rule_id, len);
                 Reason::AllowRule
             }
@@ -105,9 +103,13 @@ fn decide_packet(
 
 #[inline(always)]
 fn count(policy: &IfacePolicy, reason: Reason) {
+    // LLVM knows a `Reason` is < 16 and drops a plain mask, while the verifier may have
+    // lost track of the value: a volatile read keeps the mask in the program.
+    // SAFETY: read of a local.
+    let index = unsafe { core::ptr::read_volatile(&(reason as u32)) } as usize & 15;
     if let Some(c) = IFACE_STATS.get_ptr_mut(policy.stats_slot) {
         // SAFETY: per-CPU value; the index is masked into the array.
-        unsafe { (*c).packets[(reason as usize) & 15] += 1 };
+        unsafe { (*c).packets[index] += 1 };
     }
 }
 

@@ -728,14 +728,15 @@ fn sigkill_mid_change_leaves_old_or_new() {
         agent.wait_log("metrics on /metrics");
         agent
     };
-    // Entries (PORT_CLASS, CIDR_ALLOW) of each set, compiled as the daemon does.
+    // Entries (PORT_CLASS + PORT_CLASS_EXACT, CIDR_ALLOW + CIDR_ALLOW_EXACT) of each
+    // set, compiled as the daemon does.
     let compiled: BTreeMap<Set, (u64, u64)> = [A, B, AB]
         .iter()
         .map(|&s| {
             let state = DesiredState::from_yaml(&desired(&vm, false, &s.rules()), "set").unwrap();
             let rules = plain_rules(&state.instances[0].effective_rules());
             let c = compile_instance(0, &rules, &[]);
-            (s, (c.port_classes.len() as u64, c.cidrs.len() as u64))
+            (s, (c.port_entries() as u64, c.cidr_entries() as u64))
         })
         .collect();
     let mut agent = start_agent();
@@ -884,9 +885,10 @@ fn sigkill_mid_change_leaves_old_or_new() {
         assert_eq!(Set::from_ports(&stored_tcp_ports(&sg.stored())), new, "{what}: stored state after apply");
         // Whatever the kill left in the maps, the apply collected it.
         let (_, body) = http_get(topo.host(), maddr, "/metrics");
+        let sum = |a: &str, b: &str| Some(sample(&body, a)? + sample(&body, b)?);
         let entries = (
-            sample(&body, "sg_map_entries{map=\"PORT_CLASS\"}"),
-            sample(&body, "sg_map_entries{map=\"CIDR_ALLOW\"}"),
+            sum("sg_map_entries{map=\"PORT_CLASS\"}", "sg_map_entries{map=\"PORT_CLASS_EXACT\"}"),
+            sum("sg_map_entries{map=\"CIDR_ALLOW\"}", "sg_map_entries{map=\"CIDR_ALLOW_EXACT\"}"),
         );
         let want = compiled[&new];
         assert_eq!(entries, (Some(want.0), Some(want.1)), "{what}: map entries after the apply:\n{body}");
@@ -1577,7 +1579,9 @@ fn metrics_endpoint_matches_stats() {
         ("sg_conntrack_capacity{table=\"unconfirmed\"}", cap.ct_new_entries),
         ("sg_map_capacity{map=\"IFACE_POLICY\"}", cap.interfaces),
         ("sg_map_capacity{map=\"PORT_CLASS\"}", cap.port_class_entries),
+        ("sg_map_capacity{map=\"PORT_CLASS_EXACT\"}", cap.port_class_entries),
         ("sg_map_capacity{map=\"CIDR_ALLOW\"}", cap.cidr_entries),
+        ("sg_map_capacity{map=\"CIDR_ALLOW_EXACT\"}", cap.cidr_entries),
         ("sg_map_entries{map=\"IFACE_POLICY\"}", 1),
     ] {
         let want = u64::from(want);

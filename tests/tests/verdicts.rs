@@ -424,6 +424,9 @@ fn differential_random_rules_and_frames() {
     let mut runs = 0;
     let mut refused = 0;
     let mut by_reason = std::collections::BTreeMap::<Reason, usize>::new();
+    // Rule sets that put entries in each classification map (exact port / port trie /
+    // exact CIDR / CIDR trie): every lookup path must be compared, not just the usual.
+    let mut map_used = [0usize; 4];
     while runs < total {
         let n = if g.chance(0.1) { g.rng.random_range(50..300) } else { g.rng.random_range(0..16) };
         let mut rules: Vec<Rule> = Vec::new();
@@ -432,6 +435,15 @@ fn differential_random_rules_and_frames() {
             if r.validate().is_ok() && !rules.contains(&r) {
                 rules.push(r);
             }
+        }
+        let compiled = sg_daemon::compile::compile(1, &rules);
+        for (used, len) in map_used.iter_mut().zip([
+            compiled.port_exact.len(),
+            compiled.port_classes.len(),
+            compiled.cidr_exact.len(),
+            compiled.cidrs.len(),
+        ]) {
+            *used += usize::from(len > 0);
         }
         twin.set_rules(&rules);
         for _ in 0..500 {
@@ -446,6 +458,8 @@ fn differential_random_rules_and_frames() {
         }
     }
     eprintln!("verdicts by reason: {by_reason:?}; TC inputs the kernel refused: {refused}");
+    eprintln!("rule sets using PORT_CLASS_EXACT / PORT_CLASS / CIDR_ALLOW_EXACT / CIDR_ALLOW: {map_used:?}");
+    assert!(map_used.iter().all(|&n| n > 0), "a classification map was never used: {map_used:?}");
     assert!(refused * 20 < runs, "too many refused inputs: {refused} of {runs}");
     // The generator must exercise every outcome, or the comparison proves little
     // (related ICMP errors and revocations need flows: tests/tests/conntrack.rs; geo

@@ -234,8 +234,8 @@ pub struct InstallStat {
     pub prog: Prog,
     pub family: Family,
     pub rules: usize,
-    pub port_entries: usize,
-    pub cidr_entries: usize,
+    /// Entries per map: PORT_CLASS_EXACT, PORT_CLASS, CIDR_ALLOW_EXACT, CIDR_ALLOW.
+    pub entries: [usize; 4],
     pub compile_ms: Vec<f64>,
     pub replace_ms: Vec<f64>,
 }
@@ -335,8 +335,12 @@ pub fn run(opts: Opts) -> Result<Results> {
                         prog,
                         family,
                         rules: n,
-                        port_entries: compiled.port_classes.len(),
-                        cidr_entries: compiled.cidrs.len(),
+                        entries: [
+                            compiled.port_exact.len(),
+                            compiled.port_classes.len(),
+                            compiled.cidr_exact.len(),
+                            compiled.cidrs.len(),
+                        ],
                         compile_ms: vec![],
                         replace_ms: vec![],
                     });
@@ -345,7 +349,7 @@ pub fn run(opts: Opts) -> Result<Results> {
                     if run == 0 {
                         let stored = dp.entry_counts()?;
                         ensure!(
-                            stored == (compiled.port_classes.len(), compiled.cidrs.len()),
+                            stored == (compiled.port_entries(), compiled.cidr_entries()),
                             "stored entries {stored:?} differ from the compiled ones"
                         );
                     }
@@ -797,18 +801,20 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "| rules | family | direction | PORT_CLASS entries | CIDR_ALLOW entries | compile (ms) | `replace_rules` (ms) |"
+            "| rules | family | direction | entries: PORT_CLASS_EXACT / PORT_CLASS (trie) / CIDR_ALLOW_EXACT / CIDR_ALLOW (trie) | compile (ms) | `replace_rules` (ms) |"
         );
-        let _ = writeln!(s, "|---:|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---|---|---:|---:|---:|");
         for st in self.installs.values() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} / {} / {} / {} | {} | {} |",
                 group(st.rules),
                 st.family.label(),
                 st.prog.direction(),
-                st.port_entries,
-                st.cidr_entries,
+                st.entries[0],
+                st.entries[1],
+                st.entries[2],
+                st.entries[3],
                 Summary::of(&st.compile_ms).fmt(2),
                 Summary::of(&st.replace_ms).fmt(1)
             );
