@@ -201,6 +201,11 @@ fn step_inner(entry: &CtEntry, is_origin: bool, pkt: &IpPacket) -> Step {
 }
 
 /// Whether a state lives in the confirmed table.
+/// A TCP SYN without ACK: it can only open a flow (or repeat its opening).
+pub fn is_pure_syn(pkt: &IpPacket) -> bool {
+    pkt.protocol == abi::IPPROTO_TCP && pkt.tcp_flags & (abi::TCP_SYN | abi::TCP_ACK) == abi::TCP_SYN
+}
+
 pub fn is_confirmed(protocol: u8, state: u8) -> bool {
     use abi::*;
     match protocol {
@@ -362,6 +367,14 @@ impl Tracker {
         pkt: &IpPacket,
         now_ns: u64,
     ) -> Reason {
+        // A TCP SYN the rules refuse is dropped without consulting the flows: a tracked
+        // SYN (a retransmission from the side that opened the flow) was allowed by
+        // these same rules when it opened the flow, so it can only be refused after a
+        // rule change, which revokes the flow anyway (its next packet finds it so).
+        // Spares a SYN flood the flow lookups.
+        if is_pure_syn(pkt) && first_matching_rule(rules, direction, pkt).is_none() {
+            return Reason::DropNoRule;
+        }
         let mut revoked = false;
         // ICMP errors about a tracked flow.
         if let Some(inner) = &pkt.inner {

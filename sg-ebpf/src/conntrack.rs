@@ -180,10 +180,18 @@ fn step(state: u8, is_origin: bool, m: &Meta) -> Option<u8> {
     }
 }
 
+/// A TCP SYN without ACK (see `sg_common::conntrack::is_pure_syn`).
+#[inline(always)]
+pub fn is_pure_syn(m: &Meta) -> bool {
+    m.protocol == IPPROTO_TCP && m.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// A live entry for `key`: (pointer, in CT (confirmed) or CT_NEW).
 #[inline(always)]
 fn lookup(key: &CtKey, clock: &mut Clock) -> Option<(*mut CtEntry, bool)> {
-    if let Some(p) = CT.get_ptr_mut(key) {
+    // Echo flows are never confirmed: only CT_NEW can hold them.
+    let echo = key.protocol == IPPROTO_ICMP || key.protocol == IPPROTO_ICMPV6;
+    if !echo && let Some(p) = CT.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this program run.
         if alive(unsafe { &*p }, key.protocol, clock.now()) {
             return Some((p, true));

@@ -87,17 +87,29 @@ fn decide_packet(
     {
         return Reason::DropGeo;
     }
+    // A TCP SYN is classified first: refused, it needs no flow lookup (the reference,
+    // `sg_common::conntrack`, says why that changes no verdict). Spares SYN floods.
+    let syn_rule = if conntrack::is_pure_syn(meta) {
+        match classify::classify(policy.policy_id, direction, meta) {
+            None => return Reason::DropNoRule,
+            rule => rule,
+        }
+    } else {
+        None
+    };
     match conntrack::track(ifindex, policy.policy_id, direction, meta, clock) {
         Tracked::Decided(reason) => reason,
-        Tracked::Rules { revoked } => match classify::classify(policy.policy_id, direction, meta) {
-            Some(rule_id) => {
-                conntrack::open(ifindex, policy.policy_id, direction, meta, clock);
-                count_rule(ifindex, rule_id, len);
-                Reason::AllowRule
+        Tracked::Rules { revoked } => {
+            match syn_rule.or_else(|| classify::classify(policy.policy_id, direction, meta)) {
+                Some(rule_id) => {
+                    conntrack::open(ifindex, policy.policy_id, direction, meta, clock);
+                    count_rule(ifindex, rule_id, len);
+                    Reason::AllowRule
+                }
+                None if revoked => Reason::DropRevoked,
+                None => Reason::DropNoRule,
             }
-            None if revoked => Reason::DropRevoked,
-            None => Reason::DropNoRule,
-        },
+        }
     }
 }
 
