@@ -233,31 +233,39 @@ pub struct CidrKey {
 }
 
 /// Key of [`MAP_CIDR_ALLOW_EXACT`]: the remote address masked to `prefix_len` bits.
-#[repr(C)]
+/// The address comes first and 8-aligned, so the kernel writes it as two words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CidrExactKey {
+    pub addr: [u8; 16],
     pub policy_id: u32,
     pub class_id: u32,
     pub prefix_len: u8,
-    pub _pad: [u8; 3],
-    pub addr: [u8; 16],
+    pub _pad: [u8; 7],
 }
 
 /// `addr` with every bit past the first `prefix_len` (0..=128) cleared. IPv4 addresses
 /// sit in the first four bytes, the rest zero, so one function serves both families.
-/// Branch-free: the kernel runs it in a loop, and every branch would multiply the
-/// paths the verifier walks.
 #[inline(always)]
 pub const fn mask_addr(addr: &[u8; 16], prefix_len: u8) -> [u8; 16] {
     let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
     let lo =
         u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    // Bits kept in the low half: max(len - 64, 0), without a branch.
+    let (hi, lo) = mask_words(hi, lo, prefix_len);
+    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
+    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]
+}
+
+/// [`mask_addr`] on the address as two big-endian words (`hi`: bytes 0-7). Branch-free:
+/// the kernel runs it once per prefix length, and every branch would multiply the
+/// paths the verifier walks.
+#[inline(always)]
+pub const fn mask_words(hi: u64, lo: u64, prefix_len: u8) -> (u64, u64) {
+    // Bits kept in the low word: max(len - 64, 0), without a branch.
     let over = prefix_len as i64 - 64;
     let lo_bits = (over & !(over >> 63)) as u32;
     let hi_bits = prefix_len as u32 - lo_bits;
-    let (h, l) = ((hi & high_bits(hi_bits)).to_be_bytes(), (lo & high_bits(lo_bits)).to_be_bytes());
-    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]
+    (hi & high_bits(hi_bits), lo & high_bits(lo_bits))
 }
 
 /// A u64 with its `n` (0..=64) most significant bits set; two shifts so that no shift
@@ -579,7 +587,7 @@ const _: () = {
     assert!(size_of::<IfacePolicy>() == 16);
     assert!(size_of::<PortClassKey>() == 12);
     assert!(size_of::<PortClass>() == 12);
-    assert!(size_of::<CidrExactKey>() == 28);
+    assert!(size_of::<CidrExactKey>() == 32);
     assert!(size_of::<CidrKey>() == 24);
     assert!(align_of::<CidrKey>() == 4);
     assert!(size_of::<CidrMatch>() == 4);

@@ -186,7 +186,7 @@ fn emit_cidrs(
     }
     for (cidr, rule_index) in seen {
         let prefix_len = cidr.prefix_len();
-        let key = CidrExactKey { policy_id, class_id, prefix_len, _pad: [0; 3], addr: addr_bytes(&cidr) };
+        let key = CidrExactKey { addr: addr_bytes(&cidr), policy_id, class_id, prefix_len, _pad: [0; 7] };
         debug_assert_eq!(key.addr, mask_addr(&key.addr, prefix_len), "CIDRs are stored as networks");
         out.cidr_exact.push((key, CidrMatch { rule_id: rule_index as u32 }));
     }
@@ -289,11 +289,11 @@ pub fn lookup(
     }
     class.lens[..usize::from(class.n_lens)].iter().find_map(|&prefix_len| {
         let want = CidrExactKey {
+            addr: mask_addr(&addr, prefix_len),
             policy_id: policy.policy_id,
             class_id: class.class_id,
             prefix_len,
-            _pad: [0; 3],
-            addr: mask_addr(&addr, prefix_len),
+            _pad: [0; 7],
         };
         policy.cidr_exact.iter().find(|(k, _)| *k == want).map(|(_, m)| m.rule_id)
     })

@@ -3,7 +3,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::abi::{
     CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, DIR_INGRESS, IfacePolicy,
-    PortClassKey, Reason, mask_addr,
+    PortClassKey, Reason, mask_words,
 };
 
 use crate::{
@@ -22,11 +22,12 @@ pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
 #[inline(always)]
 pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Option<u32> {
     let remote = if direction == DIR_INGRESS { &meta.src } else { &meta.dst };
-    matching_rule(policy_id, direction, meta.family, meta.protocol, meta.port_key, remote)
+    let (a, b) = Meta::addr_words(remote);
+    matching_rule(policy_id, direction, meta.family, meta.protocol, meta.port_key, a, b)
 }
 
 /// Whether a rule allows a packet with these fields (conntrack re-checks opening
-/// packets with it).
+/// packets with it, only after a rule change).
 #[inline(always)]
 pub fn classify_fields(
     policy_id: u32,
@@ -36,13 +37,19 @@ pub fn classify_fields(
     port_key: u16,
     remote: &[u8; 16],
 ) -> Reason {
-    match matching_rule(policy_id, direction, family, protocol, port_key, remote) {
+    // SAFETY: reads within the 16-byte array (which need not be aligned).
+    let (a, b) = unsafe {
+        let p = remote.as_ptr() as *const u64;
+        (p.read_unaligned(), p.add(1).read_unaligned())
+    };
+    match matching_rule(policy_id, direction, family, protocol, port_key, a, b) {
         Some(_) => Reason::AllowRule,
         None => Reason::DropNoRule,
     }
 }
 
 /// The rule of `direction` in `policy_id` allowing a packet with these fields, if any.
+/// `a`, `b`: the remote address's bytes 0-7 and 8-15 as native-order words.
 #[inline(always)]
 fn matching_rule(
     policy_id: u32,
@@ -50,14 +57,9 @@ fn matching_rule(
     family: u8,
     protocol: u8,
     port_key: u16,
-    remote: &[u8; 16],
+    a: u64,
+    b: u64,
 ) -> Option<u32> {
-    // The address travels as two integers (native byte order; only the bytes matter).
-    // SAFETY: reads within the 16-byte array.
-    let (a, b) = unsafe {
-        let p = remote.as_ptr() as *const u64;
-        (p.read_unaligned(), p.add(1).read_unaligned())
-    };
     let selector =
         u64::from(direction) | u64::from(family) << 8 | u64::from(protocol) << 16 | u64::from(port_key) << 32;
     match sg_matching_rule(policy_id, selector, a, b) {
@@ -99,15 +101,18 @@ pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64
             None => return NO_RULE,
         },
     };
-    let mut addr = [0u8; 16];
-    addr[..8].copy_from_slice(&a.to_ne_bytes());
-    addr[8..].copy_from_slice(&b.to_ne_bytes());
     let n_lens = (lens & 0xff) as u8;
     if n_lens == CIDR_LENS_LPM {
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&a.to_ne_bytes());
+        addr[8..].copy_from_slice(&b.to_ne_bytes());
         let key = Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id, addr });
         return CIDR_ALLOW.get(&key).map_or(NO_RULE, |m| u64::from(m.rule_id));
     }
-    let mut key = CidrExactKey { policy_id, class_id, prefix_len: 0, _pad: [0; 3], addr: [0; 16] };
+    // The address as big-endian numbers, masked per prefix length in registers and
+    // written back into the (8-aligned) key as two words.
+    let (hi, lo) = (u64::from_be(a), u64::from_be(b));
+    let mut key = CidrExactKey { addr: [0; 16], policy_id, class_id, prefix_len: 0, _pad: [0; 7] };
     // Unrolled by hand: written as a loop, LLVM turns the bound into a `!=` test on a
     // computed count, which the verifier cannot prove terminates.
     macro_rules! probe {
@@ -116,7 +121,13 @@ pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64
                 return NO_RULE;
             }
             key.prefix_len = (lens >> (8 * ($i + 1))) as u8;
-            key.addr = mask_addr(&addr, key.prefix_len);
+            let (h, l) = mask_words(hi, lo, key.prefix_len);
+            let words = key.addr.as_mut_ptr() as *mut u64;
+            // SAFETY: `addr` is the first field of an 8-aligned struct.
+            unsafe {
+                words.write(h.to_be());
+                words.add(1).write(l.to_be());
+            }
             // SAFETY: plain-data value copied out of the map.
             if let Some(m) = unsafe { CIDR_ALLOW_EXACT.get(&key) } {
                 return u64::from(m.rule_id);

@@ -52,8 +52,12 @@ impl Bounds {
 }
 
 /// What the classifier needs from an IP packet. Addresses are IPv4 in the first four
-/// bytes (rest zero) or IPv6.
+/// bytes (rest zero) or IPv6; they come first and 8-aligned, so the classifier reads
+/// each as two 64-bit words instead of sixteen bytes.
+#[repr(C, align(8))]
 pub struct Meta {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub family: u8,
     pub protocol: u8,
     /// Destination port (tcp/udp), `type << 8 | code` (icmp/icmpv6), else 0.
@@ -66,8 +70,6 @@ pub struct Meta {
     pub frag: u8,
     /// Fragment identification (when `frag != FRAG_NONE`).
     pub frag_id: u32,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     /// For ICMP errors: the quoted packet (`inner.valid == 0` when absent/unreadable).
     pub inner: Inner,
 }
@@ -81,6 +83,18 @@ pub struct Inner {
     pub dst_port: u16,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+}
+
+impl Meta {
+    /// An address of this packet (`&self.src` or `&self.dst`) as two native-order
+    /// words: its bytes 0-7 and 8-15.
+    #[inline(always)]
+    pub fn addr_words(addr: &[u8; 16]) -> (u64, u64) {
+        let p = addr.as_ptr() as *const u64;
+        // SAFETY: callers pass `src` or `dst` of a `Meta`, 8-aligned by `repr(align(8))`
+        // and at offsets 0 and 16.
+        unsafe { (p.read(), p.add(1).read()) }
+    }
 }
 
 impl Inner {
