@@ -401,6 +401,7 @@ fn helper_call_cost(pins: &PinDir) -> Result<Vec<(&'static str, Summary)>> {
     for (name, helper) in [
         ("bpf_get_prandom_u32", sys::HELPER_PRANDOM_U32),
         ("bpf_ktime_get_ns", sys::HELPER_KTIME_GET_NS),
+        ("bpf_ktime_get_coarse_ns (sg's clock)", sys::HELPER_KTIME_GET_COARSE_NS),
         ("bpf_jiffies64 (inlined by the verifier)", sys::HELPER_JIFFIES64),
     ] {
         let p = pins.path.join(format!("bench_calls_{helper}"));

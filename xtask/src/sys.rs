@@ -265,6 +265,7 @@ pub const INSN_EXIT: u64 = 0x95;
 pub const HELPER_PRANDOM_U32: i32 = 7;
 pub const HELPER_KTIME_GET_NS: i32 = 5;
 pub const HELPER_JIFFIES64: i32 = 118;
+pub const HELPER_KTIME_GET_COARSE_NS: i32 = 160;
 
 /// Loads raw instructions as a program of `prog_type` and pins it at `pin` (so aya can
 /// open it with `from_pin`).
