@@ -18,7 +18,7 @@ use sg_daemon::testrun::{TEST_RUN_IFINDEX, TestRunner};
 
 use crate::stats::Summary;
 use crate::sys::{self, CpuPin, Machine, NetnsGuard, PinDir};
-use crate::workload::{self, Family, L4};
+use crate::workload::{self, Family, L4, Shape};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Opts {
@@ -51,6 +51,9 @@ pub struct Opts {
     /// Skip the checks of sg's verdict counters (for experimental builds that do not count).
     #[arg(long)]
     pub no_verify: bool,
+    /// Rule-set shape (`--write-docs` needs the default, `ports`).
+    #[arg(long, value_enum, default_value = "ports")]
+    pub shape: Shape,
     /// Write the results into docs/benchmarks.md and docs/bench-classify.svg.
     #[arg(long)]
     pub write_docs: bool,
@@ -156,7 +159,9 @@ fn client_port(k: usize, pass: usize, count: usize) -> u16 {
 /// The measured frames of a scenario: `count` distinct tuples. The flow is opened by the
 /// instance for the XDP program (egress) and by the remote for the TC program (ingress),
 /// so the instance-side port is the client port (XDP) or the rule's port (TC).
+#[allow(clippy::too_many_arguments)]
 fn scenario_frames(
+    shape: Shape,
     prog: Prog,
     family: Family,
     n: usize,
@@ -170,13 +175,19 @@ fn scenario_frames(
         .map(|k| {
             let (remote, rule) = scenario_target(family, n, scenario, k);
             let sport = client_port(k, pass, count);
-            workload::frame(prog.direction(), remote, sport, workload::rule_port(rule), L4::Tcp(flags))
+            workload::frame(prog.direction(), remote, sport, shape.port(rule), L4::Tcp(flags))
         })
         .collect()
 }
 
 /// SYN, SYN-ACK, ACK of the flows of `scenario_frames(.., Established, ..)`.
-fn handshake_frames(prog: Prog, family: Family, n: usize, count: usize) -> Vec<[(Direction, Vec<u8>); 3]> {
+fn handshake_frames(
+    shape: Shape,
+    prog: Prog,
+    family: Family,
+    n: usize,
+    count: usize,
+) -> Vec<[(Direction, Vec<u8>); 3]> {
     let dir = prog.direction();
     let back = match dir {
         Direction::Ingress => Direction::Egress,
@@ -185,7 +196,7 @@ fn handshake_frames(prog: Prog, family: Family, n: usize, count: usize) -> Vec<[
     (0..count)
         .map(|k| {
             let (remote, rule) = scenario_target(family, n, Scenario::Established, k);
-            let (c, p) = (client_port(k, 0, count), workload::rule_port(rule));
+            let (c, p) = (client_port(k, 0, count), shape.port(rule));
             [
                 (dir, workload::frame(dir, remote, c, p, L4::Tcp(workload::SYN))),
                 (back, workload::frame(back, remote, p, c, L4::Tcp(workload::SYN | workload::ACK))),
@@ -262,6 +273,10 @@ pub struct Results {
 }
 
 pub fn run(opts: Opts) -> Result<Results> {
+    ensure!(
+        !opts.write_docs || opts.shape == Shape::Ports,
+        "--write-docs records the default rule set (--shape ports); other shapes print their tables only"
+    );
     sys::require_root()?;
     ensure!(
         !opts.rules.is_empty() && opts.rules.iter().all(|&n| (1..=65_536).contains(&n)),
@@ -314,6 +329,7 @@ pub fn run(opts: Opts) -> Result<Results> {
         repeat: opts.repeat,
         cold_passes: opts.cold_passes.max(1),
         verify: !opts.no_verify,
+        shape: opts.shape,
     };
     let mut samples = Vec::new();
     let mut installs: BTreeMap<(usize, Family, Prog), InstallStat> = BTreeMap::new();
@@ -324,7 +340,7 @@ pub fn run(opts: Opts) -> Result<Results> {
         for &n in &opts.rules {
             for family in Family::ALL {
                 for prog in Prog::ALL {
-                    let rules = workload::rules(n, prog.direction(), family, false);
+                    let rules = workload::shaped_rules(n, prog.direction(), family, opts.shape);
                     let t = Instant::now();
                     let compiled = compile(1, &rules);
                     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -366,7 +382,7 @@ pub fn run(opts: Opts) -> Result<Results> {
         dp.unbind(TEST_RUN_IFINDEX)?;
         for prog in Prog::ALL {
             for family in Family::ALL {
-                let frames = scenario_frames(prog, family, 1, Scenario::First, opts.frames, 0);
+                let frames = scenario_frames(opts.shape, prog, family, 1, Scenario::First, opts.frames, 0);
                 let (a, b) = m.timed(prog, &frames, opts.repeat)?;
                 unmanaged.push((prog, family, a, b));
             }
@@ -427,6 +443,7 @@ struct Measurer {
     repeat: u32,
     cold_passes: usize,
     verify: bool,
+    shape: Shape,
 }
 
 impl Measurer {
@@ -465,14 +482,20 @@ impl Measurer {
         dp.clear_flows()?;
         let want = scenario.expected_reason();
         if scenario == Scenario::Established {
-            for (k, steps) in handshake_frames(prog, family, n, count).iter().enumerate() {
+            for (k, steps) in handshake_frames(self.shape, prog, family, n, count).iter().enumerate() {
                 for (dir, f) in steps {
                     let r = self.checker.run(*dir, f, 1)?;
                     ensure!(r.pass, "{prog:?} handshake of flow {k} dropped");
                 }
             }
         } else if run == 0 && !scenario.cold() && self.verify {
-            verify(&self.checker, dp, prog, scenario, &scenario_frames(prog, family, n, scenario, count, 0))?;
+            verify(
+                &self.checker,
+                dp,
+                prog,
+                scenario,
+                &scenario_frames(self.shape, prog, family, n, scenario, count, 0),
+            )?;
         }
         let before = dp.verdict_counts()?;
         let (result, packets) = if scenario.cold() {
@@ -485,8 +508,15 @@ impl Measurer {
                     dp.clear_flows()?;
                     ensure!(dp.verdict_counts()? == mid, "clearing flows changed the counters");
                 }
-                let frames =
-                    scenario_frames(prog, family, n, scenario, count, 1 + run * self.cold_passes + pass);
+                let frames = scenario_frames(
+                    self.shape,
+                    prog,
+                    family,
+                    n,
+                    scenario,
+                    count,
+                    1 + run * self.cold_passes + pass,
+                );
                 let (x, y) = self.timed(prog, &frames, 1)?;
                 a += x;
                 b += y;
@@ -494,7 +524,7 @@ impl Measurer {
             let p = self.cold_passes as f64;
             ((a / p, b / p), (self.cold_passes * count) as u64)
         } else {
-            let frames = scenario_frames(prog, family, n, scenario, count, 0);
+            let frames = scenario_frames(self.shape, prog, family, n, scenario, count, 0);
             (self.timed(prog, &frames, self.repeat)?, count as u64 * u64::from(self.repeat))
         };
         if self.verify {

@@ -81,6 +81,36 @@ pub fn rule_port(i: usize) -> u16 {
     FIRST_PORT + i as u16
 }
 
+/// How a benchmark rule set spreads its rules: the two common shapes of real groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Rule i: port `1000 + i`, its own network (many ports, one network each).
+    #[default]
+    Ports,
+    /// Rule i: port 1000, its own network (an allow-list of networks on one port).
+    Cidrs,
+}
+
+impl Shape {
+    /// Destination port of rule `i`.
+    pub fn port(self, i: usize) -> u16 {
+        match self {
+            Shape::Ports => rule_port(i),
+            Shape::Cidrs => FIRST_PORT,
+        }
+    }
+}
+
+/// Rules `0..n` of one direction and family, tcp only, in `shape`.
+pub fn shaped_rules(n: usize, direction: Direction, family: Family, shape: Shape) -> Vec<Rule> {
+    (0..n)
+        .map(|i| {
+            Rule::new(direction, family.ethertype(), Protocol::Tcp, rule_net(family, i))
+                .with_ports(PortRange::single(shape.port(i)))
+        })
+        .collect()
+}
+
 /// Protocol of rule `i` in a set with `mix` (tcp and udp alternate) or tcp only.
 pub fn rule_protocol(i: usize, mix: bool) -> Protocol {
     if mix && i % 2 == 1 { Protocol::Udp } else { Protocol::Tcp }
