@@ -106,6 +106,63 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Adds the policy ids of a map's keys to `ids`; returns how many keys there were.
+fn policy_ids(
+    keys: impl Iterator<Item = Result<u32, aya::maps::MapError>>,
+    ids: &mut BTreeSet<u32>,
+) -> Result<usize> {
+    let mut n = 0;
+    for id in keys {
+        ids.insert(id?);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Inserts LPM entries into the trie `name` (of `capacity` entries, for the error).
+fn write_lpm<K: aya::Pod, V: aya::Pod>(
+    map: Option<&mut aya::maps::Map>,
+    name: &str,
+    capacity: u32,
+    entries: &[crate::compile::LpmEntry<K, V>],
+) -> Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, V> =
+        LpmTrie::try_from(map.with_context(|| format!("{name} map"))?)?;
+    for e in entries {
+        trie.insert(&Key::new(e.prefix_len, e.key), &e.value, 0)
+            .map_err(|err| anyhow!("writing {name} (capacity {capacity}): {err}"))?;
+    }
+    Ok(())
+}
+
+/// Inserts entries into the hash map `name` (of `capacity` entries, for the error).
+fn write_hash<K: aya::Pod, V: aya::Pod>(
+    map: Option<&mut aya::maps::Map>,
+    name: &str,
+    capacity: u32,
+    entries: &[(K, V)],
+) -> Result<()> {
+    let mut hash: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(map.with_context(|| format!("{name} map"))?)?;
+    for (k, v) in entries {
+        hash.insert(k, v, 0).map_err(|err| anyhow!("writing {name} (capacity {capacity}): {err}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes the prefixes of an LPM trie whose key data `keep` rejects; returns how many.
+fn remove_dead_prefixes<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    keep: impl Fn(&K) -> bool,
+) -> Result<usize> {
+    let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
+    let dead: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).filter(|k| !keep(&k.data())).collect();
+    for k in &dead {
+        trie.remove(k)?;
+    }
+    Ok(dead.len())
+}
+
 /// Deletes the keys of a hash map that `keep` rejects; returns how many.
 fn remove_dead_keys<K: aya::Pod, V: aya::Pod>(
     map: &mut aya::maps::Map,
@@ -407,43 +464,11 @@ impl Dataplane {
 
     /// Writes a compiled policy's entries (under its fresh id; nothing reads them yet).
     pub fn write_policy(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        {
-            let mut ports: LpmTrie<&mut MapData, PortClassKey, PortClass> =
-                LpmTrie::try_from(self.ebpf.map_mut(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
-            for e in &policy.port_classes {
-                ports.insert(&Key::new(e.prefix_len, e.key), &e.value, 0).map_err(|err| {
-                    anyhow!("writing PORT_CLASS (capacity {}): {err}", self.capacity.port_class_entries)
-                })?;
-            }
-        }
-        {
-            let mut ports: BpfHashMap<&mut MapData, PortClassKey, PortClass> = BpfHashMap::try_from(
-                self.ebpf.map_mut(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?,
-            )?;
-            for (k, v) in &policy.port_exact {
-                ports.insert(k, v, 0).map_err(|err| {
-                    anyhow!("writing PORT_CLASS_EXACT (capacity {}): {err}", self.capacity.port_class_entries)
-                })?;
-            }
-        }
-        {
-            let mut cidrs: BpfHashMap<&mut MapData, CidrExactKey, CidrMatch> = BpfHashMap::try_from(
-                self.ebpf.map_mut(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?,
-            )?;
-            for (k, v) in &policy.cidr_exact {
-                cidrs.insert(k, v, 0).map_err(|err| {
-                    anyhow!("writing CIDR_ALLOW_EXACT (capacity {}): {err}", self.capacity.cidr_entries)
-                })?;
-            }
-        }
-        let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
-            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
-        for e in &policy.cidrs {
-            cidrs.insert(&Key::new(e.prefix_len, e.key), &e.value, 0).map_err(|err| {
-                anyhow!("writing CIDR_ALLOW (capacity {}): {err}", self.capacity.cidr_entries)
-            })?;
-        }
-        Ok(())
+        let (ports, cidrs) = (self.capacity.port_class_entries, self.capacity.cidr_entries);
+        write_lpm(self.ebpf.map_mut(MAP_PORT_CLASS), MAP_PORT_CLASS, ports, &policy.port_classes)?;
+        write_hash(self.ebpf.map_mut(MAP_PORT_CLASS_EXACT), MAP_PORT_CLASS_EXACT, ports, &policy.port_exact)?;
+        write_lpm(self.ebpf.map_mut(MAP_CIDR_ALLOW), MAP_CIDR_ALLOW, cidrs, &policy.cidrs)?;
+        write_hash(self.ebpf.map_mut(MAP_CIDR_ALLOW_EXACT), MAP_CIDR_ALLOW_EXACT, cidrs, &policy.cidr_exact)
     }
 
     /// Publishes a policy for `ifindex`: one map update, so packets switch from the
@@ -485,66 +510,45 @@ impl Dataplane {
         }
     }
 
-    /// What the two rule tries hold, read in one pass over their keys.
+    /// What the four rule maps hold, read in one pass over their keys.
     pub fn trie_usage(&self) -> Result<TrieUsage> {
-        let mut usage = TrieUsage::default();
-        let ports: LpmTrie<&MapData, PortClassKey, PortClass> =
-            LpmTrie::try_from(self.ebpf.map(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
-        for k in ports.keys() {
-            usage.policy_ids.insert(k?.data().policy_id);
-            usage.port_entries += 1;
-        }
-        let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> =
-            LpmTrie::try_from(self.ebpf.map(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
-        for k in cidrs.keys() {
-            usage.policy_ids.insert(k?.data().policy_id);
-            usage.cidr_entries += 1;
-        }
+        let mut ids = BTreeSet::new();
+        let map = |name: &str| self.ebpf.map(name).with_context(|| format!("{name} map"));
+        let ports: LpmTrie<&MapData, PortClassKey, PortClass> = LpmTrie::try_from(map(MAP_PORT_CLASS)?)?;
+        let port_entries = policy_ids(ports.keys().map(|k| k.map(|k| k.data().policy_id)), &mut ids)?;
+        let cidrs: LpmTrie<&MapData, CidrKey, CidrMatch> = LpmTrie::try_from(map(MAP_CIDR_ALLOW)?)?;
+        let cidr_entries = policy_ids(cidrs.keys().map(|k| k.map(|k| k.data().policy_id)), &mut ids)?;
         let ports: BpfHashMap<&MapData, PortClassKey, PortClass> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?)?;
-        for k in ports.keys() {
-            usage.policy_ids.insert(k?.policy_id);
-            usage.port_exact_entries += 1;
-        }
+            BpfHashMap::try_from(map(MAP_PORT_CLASS_EXACT)?)?;
+        let port_exact_entries = policy_ids(ports.keys().map(|k| k.map(|k| k.policy_id)), &mut ids)?;
         let cidrs: BpfHashMap<&MapData, CidrExactKey, CidrMatch> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?)?;
-        for k in cidrs.keys() {
-            usage.policy_ids.insert(k?.policy_id);
-            usage.cidr_exact_entries += 1;
-        }
-        Ok(usage)
+            BpfHashMap::try_from(map(MAP_CIDR_ALLOW_EXACT)?)?;
+        let cidr_exact_entries = policy_ids(cidrs.keys().map(|k| k.map(|k| k.policy_id)), &mut ids)?;
+        Ok(TrieUsage { port_entries, port_exact_entries, cidr_entries, cidr_exact_entries, policy_ids: ids })
     }
 
     /// Deletes every trie entry of a policy id no interface is bound to.
     pub fn collect_garbage(&mut self) -> Result<usize> {
         let live: BTreeSet<u32> = self.bindings()?.values().map(|b| b.policy_id).collect();
+        let ebpf = &mut self.ebpf;
         let mut removed = 0;
-        {
-            let mut ports: LpmTrie<&mut MapData, PortClassKey, PortClass> =
-                LpmTrie::try_from(self.ebpf.map_mut(MAP_PORT_CLASS).context("PORT_CLASS map")?)?;
-            let dead: Vec<Key<PortClassKey>> =
-                ports.keys().filter_map(|k| k.ok()).filter(|k| !live.contains(&k.data().policy_id)).collect();
-            for k in dead {
-                ports.remove(&k)?;
-                removed += 1;
-            }
+        for name in [MAP_PORT_CLASS, MAP_CIDR_ALLOW, MAP_PORT_CLASS_EXACT, MAP_CIDR_ALLOW_EXACT] {
+            let map = ebpf.map_mut(name).with_context(|| format!("{name} map"))?;
+            let keep = |policy_id: &u32| live.contains(policy_id);
+            removed += match name {
+                MAP_PORT_CLASS => {
+                    remove_dead_prefixes::<PortClassKey, PortClass>(map, |k| keep(&k.policy_id))?
+                }
+                MAP_CIDR_ALLOW => remove_dead_prefixes::<CidrKey, CidrMatch>(map, |k| keep(&k.policy_id))?,
+                MAP_PORT_CLASS_EXACT => {
+                    remove_dead_keys::<PortClassKey, PortClass>(map, |k| keep(&k.policy_id))?
+                }
+                MAP_CIDR_ALLOW_EXACT => {
+                    remove_dead_keys::<CidrExactKey, CidrMatch>(map, |k| keep(&k.policy_id))?
+                }
+                _ => unreachable!("the four rule maps"),
+            };
         }
-        let mut cidrs: LpmTrie<&mut MapData, CidrKey, CidrMatch> =
-            LpmTrie::try_from(self.ebpf.map_mut(MAP_CIDR_ALLOW).context("CIDR_ALLOW map")?)?;
-        let dead: Vec<Key<CidrKey>> =
-            cidrs.keys().filter_map(|k| k.ok()).filter(|k| !live.contains(&k.data().policy_id)).collect();
-        for k in dead {
-            cidrs.remove(&k)?;
-            removed += 1;
-        }
-        removed += remove_dead_keys::<PortClassKey, PortClass>(
-            self.ebpf.map_mut(MAP_PORT_CLASS_EXACT).context("PORT_CLASS_EXACT map")?,
-            |k| live.contains(&k.policy_id),
-        )?;
-        removed += remove_dead_keys::<CidrExactKey, CidrMatch>(
-            self.ebpf.map_mut(MAP_CIDR_ALLOW_EXACT).context("CIDR_ALLOW_EXACT map")?,
-            |k| live.contains(&k.policy_id),
-        )?;
         Ok(removed)
     }
 

@@ -199,7 +199,9 @@ pub struct Snapshot {
     pub state_file: Option<Vec<u8>>,
     /// `ls -o json`.
     pub instances: String,
-    /// `ls -s ID -o json` of every listed instance.
+    /// `ls -s ID -o json` of every listed instance, without the traffic counters
+    /// (`packets`, `bytes`): the instances' own background traffic (IPv6 neighbour
+    /// and multicast chatter) moves them whatever the command did.
     pub rules: BTreeMap<String, String>,
     /// Names of the pinned links (one per attached hook and interface).
     pub links: Vec<String>,
@@ -416,7 +418,14 @@ impl SgDaemon {
         let rules = parse_json_array(&instances)
             .iter()
             .filter_map(|i| i["id"].as_str())
-            .map(|id| (id.to_string(), self.ok(&["ls", "-s", id, "-o", "json"])))
+            .map(|id| {
+                let mut rules = parse_json_array(&self.ok(&["ls", "-s", id, "-o", "json"]));
+                for rule in rules.iter_mut().filter_map(|r| r.as_object_mut()) {
+                    rule.remove("packets");
+                    rule.remove("bytes");
+                }
+                (id.to_string(), serde_json::Value::Array(rules).to_string())
+            })
             .collect();
         Snapshot { state_file: self.state_bytes(), instances, rules, links: self.links() }
     }
