@@ -21,8 +21,7 @@ pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
 /// The rule of `direction` in `policy_id` that allows the packet (its id), if any.
 #[inline(always)]
 pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Option<u32> {
-    let remote = if direction == DIR_INGRESS { &meta.src } else { &meta.dst };
-    let (a, b) = Meta::addr_words(remote);
+    let (a, b) = if direction == DIR_INGRESS { meta.src_words() } else { meta.dst_words() };
     matching_rule(policy_id, direction, meta.family, meta.protocol, meta.port_key, a, b)
 }
 

@@ -14,7 +14,7 @@ use crate::{
 /// Whether an ingress packet (`meta.src` is the remote) is geo-blocked.
 #[inline(always)]
 pub fn blocked(policy_id: u32, meta: &Meta) -> bool {
-    let (a, b) = Meta::addr_words(&meta.src);
+    let (a, b) = meta.src_words();
     let selector = u64::from(meta.family) | u64::from(meta.protocol) << 8 | u64::from(meta.port_key) << 16;
     sg_geo_blocked(policy_id, selector, a, b) != 0
 }

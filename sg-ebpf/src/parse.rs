@@ -86,13 +86,23 @@ pub struct Inner {
 }
 
 impl Meta {
-    /// An address of this packet (`&self.src` or `&self.dst`) as two native-order
-    /// words: its bytes 0-7 and 8-15.
+    /// The source address as two native-order words (its bytes 0-7 and 8-15).
     #[inline(always)]
-    pub fn addr_words(addr: &[u8; 16]) -> (u64, u64) {
+    pub fn src_words(&self) -> (u64, u64) {
+        Self::words(&self.src)
+    }
+
+    /// The destination address as two native-order words.
+    #[inline(always)]
+    pub fn dst_words(&self) -> (u64, u64) {
+        Self::words(&self.dst)
+    }
+
+    #[inline(always)]
+    fn words(addr: &[u8; 16]) -> (u64, u64) {
         let p = addr.as_ptr() as *const u64;
-        // SAFETY: callers pass `src` or `dst` of a `Meta`, 8-aligned by `repr(align(8))`
-        // and at offsets 0 and 16.
+        // SAFETY: only called with `src` or `dst`, 8-aligned by `repr(align(8))` and
+        // at offsets 0 and 16.
         unsafe { (p.read(), p.add(1).read()) }
     }
 }
