@@ -522,6 +522,7 @@ fn scope_countries_and_ports() {
 /// One connection attempt of a client loop.
 struct Attempt {
     start: Instant,
+    end: Instant,
     outcome: TcpOutcome,
 }
 
@@ -538,7 +539,7 @@ fn hammer(
         let start = Instant::now();
         let outcome = tcp_probe(remote, Some(src), dst, timeout)
             .unwrap_or_else(|e| panic!("client {src}: harness failure: {e:#}"));
-        log.lock().unwrap().push(Attempt { start, outcome });
+        log.lock().unwrap().push(Attempt { start, end: Instant::now(), outcome });
         if outcome == TcpOutcome::Echoed {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -668,7 +669,7 @@ fn database_swap_under_live_traffic() {
 
         // Newly-CN: through with DB1, blocked from the moment the reload returned,
         // through once the apply of DB1 returned, blocked once the apply of DB2 did.
-        // (Attempts started while a command ran may go either way.)
+        // (Attempts that overlap a command may go either way.)
         for (what, from, to, want) in [
             ("with DB1, before the swap", t0, reload_start, TcpOutcome::Echoed),
             ("after `geo reload` of DB2 returned", reloaded, back_start, TcpOutcome::TimedOut),
@@ -735,8 +736,10 @@ fn echoes(mut stream: &TcpStream, timeout: Duration) -> bool {
 }
 
 /// Outcomes of attempts started in `[from, to)`.
+/// Outcomes of the attempts made entirely within `[from, to)`: one that was still
+/// retransmitting its SYN when the next command ran may go either way.
 fn log_between(log: &Mutex<Vec<Attempt>>, from: Instant, to: Instant) -> Vec<TcpOutcome> {
-    log.lock().unwrap().iter().filter(|a| a.start >= from && a.start < to).map(|a| a.outcome).collect()
+    log.lock().unwrap().iter().filter(|a| a.start >= from && a.end < to).map(|a| a.outcome).collect()
 }
 
 // ---------------------------------------------------------------------------------
