@@ -279,19 +279,28 @@ const fn high_bits(n: u32) -> u64 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrMatch {
-    /// The first rule of the class with this CIDR: its 32-bit handle (the first four
-    /// bytes of its UUID; the rule's index where rules have no UUIDs), the key of its
-    /// counters in `RULE_STATS`.
-    pub rule_id: u32,
+    /// The first rule of the class with this CIDR, as the index of its counters in
+    /// [`MAP_RULE_STATS`] ([`NO_COUNTER_SLOT`]: counted nowhere, e.g. geo exemptions).
+    /// The compiler writes rule indices here; the daemon swaps in the slots.
+    pub rule_slot: u32,
 }
 
-/// Per-CPU hash `RuleStatsKey -> RuleCounters`: packets and bytes each rule allowed.
+/// [`CidrMatch::rule_slot`] of entries that are not rules.
+pub const NO_COUNTER_SLOT: u32 = u32::MAX;
+
+/// Per-CPU array `counter slot -> RuleCounters`: packets and bytes each rule allowed.
+/// An array, not a hash keyed by rule: its lookups are inlined by the verifier.
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
+/// `RuleStatsKey -> counter slot (u32)`: which slot of [`MAP_RULE_STATS`] counts which
+/// rule of which interface. Kept by the daemon; the kernel never reads it.
+pub const MAP_RULE_SLOTS: &str = "RULE_SLOTS";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleStatsKey {
     pub ifindex: u32,
+    /// The rule's 32-bit handle (the first four bytes of its UUID; its index where
+    /// rules have no UUIDs).
     pub rule_id: u32,
 }
 

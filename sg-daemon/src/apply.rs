@@ -93,8 +93,7 @@ pub fn prepare(state: &DesiredState, limits: &Limits) -> Result<Vec<Prepared>> {
                 limits.max_rules_per_instance
             );
         }
-        let mut compiled = compile_instance(0, &rules, &inst.geo_exempt);
-        compiled.map_rule_ids(|index| rule_ids.get(index as usize).copied().unwrap_or(index));
+        let compiled = compile_instance(0, &rules, &inst.geo_exempt);
         if compiled.len() > limits.max_entries_per_instance {
             bail!(
                 "instance {}: its rules compile to {} map entries, over the limit of {} (max_entries_per_instance); \
@@ -207,18 +206,22 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>, stored_ids: &BTre
     let old = dp.bindings()?;
     let mut bindings = BTreeMap::new();
     let mut next_id = dp.fresh_policy_id_after(stored_ids)?;
-    for Prepared { ifindex, instance, mut compiled, flags, rule_ids } in prepared {
+    let wanted: Vec<(u32, &[u32])> = prepared.iter().map(|p| (p.ifindex, p.rule_ids.as_slice())).collect();
+    let slots = dp.rule_slots(&wanted)?;
+    for (Prepared { ifindex, instance, mut compiled, flags, rule_ids }, slots) in
+        prepared.into_iter().zip(slots)
+    {
         let policy_id = next_id;
         next_id = next_id.checked_add(1).context("policy ids exhausted")?;
         compiled.set_policy_id(policy_id);
+        compiled.set_counter_slots(&slots);
         dp.write_policy(&compiled).with_context(|| format!("instance {instance}"))?;
-        dp.ensure_rule_stats(ifindex, &rule_ids)?;
-        bindings.insert(ifindex, (instance, policy_id, flags));
+        bindings.insert(ifindex, (instance, policy_id, flags, rule_ids));
     }
-    for (ifindex, (instance, _, _)) in &bindings {
+    for (ifindex, (instance, ..)) in &bindings {
         dp.attach(*ifindex).with_context(|| format!("instance {instance}"))?;
     }
-    for (ifindex, (instance, policy_id, flags)) in &bindings {
+    for (ifindex, (instance, policy_id, flags, _)) in &bindings {
         dp.bind(*ifindex, *policy_id, *flags)?;
         info!(%instance, ifindex, policy_id, flags, "rules in force");
     }
@@ -231,10 +234,12 @@ fn write_and_bind(dp: &mut Dataplane, prepared: Vec<Prepared>, stored_ids: &BTre
             if let Err(e) = dp.detach(*ifindex) {
                 warn!(ifindex, "detaching: {e:#}");
             }
-            dp.ensure_rule_stats(*ifindex, &[])?;
             info!(ifindex, "enforcement removed");
         }
     }
+    // Counters of rules (and instances) that are gone; also any slot an earlier,
+    // failed apply handed out.
+    dp.retain_rule_slots(|k| bindings.get(&k.ifindex).is_some_and(|(.., ids)| ids.contains(&k.rule_id)))?;
     Ok(())
 }
 
@@ -254,13 +259,16 @@ pub fn replace_policy(
     flags: u32,
 ) -> Result<u32> {
     let policy_id = dp.fresh_policy_id()?;
-    let compiled = compile_instance(policy_id, rules, geo_exempt);
+    let mut compiled = compile_instance(policy_id, rules, geo_exempt);
+    // Rules without UUIDs are counted under their index.
+    let rule_ids: Vec<u32> = (0..rules.len() as u32).collect();
+    compiled.set_counter_slots(&dp.rule_slots(&[(ifindex, &rule_ids)])?[0]);
     if let Err(e) = dp.write_policy(&compiled) {
         dp.collect_garbage()?;
         return Err(e);
     }
-    dp.ensure_rule_stats(ifindex, &(0..rules.len() as u32).collect::<Vec<_>>())?;
     dp.bind(ifindex, policy_id, flags)?;
+    dp.retain_rule_slots(|k| k.ifindex != ifindex || rule_ids.contains(&k.rule_id))?;
     dp.collect_garbage()?;
     Ok(policy_id)
 }

@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use sg_common::abi::{
     CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, CidrMatch,
-    PORT_EXACT_MAX_RUN, PORT_KEY_FIXED_BITS, PORT_KEY_PORT_OFFSET_BITS, PortClass, PortClassKey, mask_addr,
+    NO_COUNTER_SLOT, PORT_EXACT_MAX_RUN, PORT_KEY_FIXED_BITS, PORT_KEY_PORT_OFFSET_BITS, PortClass,
+    PortClassKey, mask_addr,
 };
 use sg_common::model::{Direction, EtherType, Rule};
 
@@ -70,10 +71,12 @@ impl CompiledPolicy {
         self.cidrs.iter_mut().for_each(|e| e.key.policy_id = policy_id);
         self.cidr_exact.iter_mut().for_each(|e| e.0.policy_id = policy_id);
     }
-    /// Replaces each rule id (a rule index as compiled) by `f(id)`.
-    pub fn map_rule_ids(&mut self, f: impl Fn(u32) -> u32) {
-        self.cidrs.iter_mut().for_each(|e| e.value.rule_id = f(e.value.rule_id));
-        self.cidr_exact.iter_mut().for_each(|e| e.1.rule_id = f(e.1.rule_id));
+    /// Replaces the rule indices the compiler wrote into the CIDR entries by the
+    /// rules' counter slots (`slots[index]`); other entries count nowhere.
+    pub fn set_counter_slots(&mut self, slots: &[u32]) {
+        let slot = |index: u32| slots.get(index as usize).copied().unwrap_or(NO_COUNTER_SLOT);
+        self.cidrs.iter_mut().for_each(|e| e.value.rule_slot = slot(e.value.rule_slot));
+        self.cidr_exact.iter_mut().for_each(|e| e.1.rule_slot = slot(e.1.rule_slot));
     }
 }
 
@@ -86,7 +89,7 @@ pub fn compile_instance(policy_id: u32, rules: &[Rule], geo_exempt: &[IpNet]) ->
         out.cidrs.push(LpmEntry {
             prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
             key: CidrKey { policy_id, class_id: sg_common::abi::GEO_EXEMPT_CLASS, addr: addr_bytes(cidr) },
-            value: CidrMatch { rule_id: u32::MAX },
+            value: CidrMatch { rule_slot: NO_COUNTER_SLOT },
         });
     }
     out
@@ -179,7 +182,7 @@ fn emit_cidrs(
             out.cidrs.push(LpmEntry {
                 prefix_len: CIDR_KEY_FIXED_BITS + u32::from(cidr.prefix_len()),
                 key: CidrKey { policy_id, class_id, addr: addr_bytes(&cidr) },
-                value: CidrMatch { rule_id: rule_index as u32 },
+                value: CidrMatch { rule_slot: rule_index as u32 },
             });
         }
         return PortClass { class_id, n_lens: CIDR_LENS_LPM, lens: [0; CIDR_EXACT_MAX_LENS + 1] };
@@ -188,7 +191,7 @@ fn emit_cidrs(
         let prefix_len = cidr.prefix_len();
         let key = CidrExactKey { addr: addr_bytes(&cidr), policy_id, class_id, prefix_len, _pad: [0; 7] };
         debug_assert_eq!(key.addr, mask_addr(&key.addr, prefix_len), "CIDRs are stored as networks");
-        out.cidr_exact.push((key, CidrMatch { rule_id: rule_index as u32 }));
+        out.cidr_exact.push((key, CidrMatch { rule_slot: rule_index as u32 }));
     }
     let mut value = PortClass { class_id, n_lens: lens.len() as u8, lens: [0; CIDR_EXACT_MAX_LENS + 1] };
     for (slot, len) in value.lens.iter_mut().zip(lens.iter().rev()) {
@@ -285,7 +288,7 @@ pub fn lookup(
             .iter()
             .filter(|e| prefix_match(&cidr_key_bytes(&e.key), &cidr_key_bytes(&want), e.prefix_len))
             .max_by_key(|e| e.prefix_len)
-            .map(|e| e.value.rule_id);
+            .map(|e| e.value.rule_slot);
     }
     class.lens[..usize::from(class.n_lens)].iter().find_map(|&prefix_len| {
         let want = CidrExactKey {
@@ -295,7 +298,7 @@ pub fn lookup(
             prefix_len,
             _pad: [0; 7],
         };
-        policy.cidr_exact.iter().find(|(k, _)| *k == want).map(|(_, m)| m.rule_id)
+        policy.cidr_exact.iter().find(|(k, _)| *k == want).map(|(_, m)| m.rule_slot)
     })
 }
 

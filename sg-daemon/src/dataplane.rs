@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::Ebpf;
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use sg_common::abi::{
@@ -26,8 +26,8 @@ use sg_common::abi::{
     Reason,
 };
 use sg_common::abi::{
-    GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters, MAP_RULE_STATS, RuleCounters,
-    RuleStatsKey,
+    GEO_KEY_FIXED_BITS, GeoConfig, GeoKey, GeoValue, IfaceCounters, MAP_RULE_SLOTS, MAP_RULE_STATS,
+    RuleCounters, RuleStatsKey,
 };
 use tracing::{debug, info};
 
@@ -276,6 +276,7 @@ impl Dataplane {
             .map_max_entries(MAP_GEO_BLOCK, actual.geo_entries)
             .map_max_entries(MAP_IFACE_STATS, actual.interfaces)
             .map_max_entries(MAP_RULE_STATS, actual.rule_stats)
+            .map_max_entries(MAP_RULE_SLOTS, actual.rule_stats)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
         let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
@@ -678,44 +679,74 @@ impl Dataplane {
         Ok(trie.keys().filter_map(|k| k.ok()).filter(|k| k.data().set_id == set_id).count())
     }
 
-    /// Makes `RULE_STATS` hold exactly the rules `rule_ids` of `ifindex`: creates
-    /// missing counters (zero), keeps existing ones (they survive rule changes that keep
-    /// the rule), deletes those of rules gone.
-    pub fn ensure_rule_stats(&mut self, ifindex: u32, rule_ids: &[u32]) -> Result<()> {
+    /// The counter slots of the rules of several interfaces: for each `(ifindex, rule
+    /// handles)`, the slots in order. A rule that has a slot keeps it (its counters
+    /// survive rule changes that keep the rule); the others get free slots, zeroed
+    /// first. Slots of rules no longer listed stay taken until
+    /// [`Dataplane::retain_rule_slots`]: the policy in force may count into them until
+    /// the switch.
+    pub fn rule_slots(&mut self, rules: &[(u32, &[u32])]) -> Result<Vec<Vec<u32>>> {
+        let taken = self.slot_assignments()?;
+        let used: BTreeSet<u32> = taken.values().copied().collect();
+        let mut free = (0..self.capacity.rule_stats).filter(|s| !used.contains(s));
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
-        let mut map: PerCpuHashMap<&mut MapData, RuleStatsKey, RuleCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(MAP_RULE_STATS).context("RULE_STATS map")?)?;
-        let existing: Vec<RuleStatsKey> =
-            map.keys().filter_map(|k| k.ok()).filter(|k| k.ifindex == ifindex).collect();
-        for k in &existing {
-            if !rule_ids.contains(&k.rule_id) {
-                match map.remove(k) {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e.into()),
+        let capacity = self.capacity.rule_stats;
+        let mut out = Vec::with_capacity(rules.len());
+        for &(ifindex, rule_ids) in rules {
+            let mut instance = Vec::with_capacity(rule_ids.len());
+            for &rule_id in rule_ids {
+                let key = RuleStatsKey { ifindex, rule_id };
+                if let Some(&slot) = taken.get(&key) {
+                    instance.push(slot);
+                    continue;
                 }
+                let slot = free.next().ok_or_else(|| {
+                    anyhow!("no free rule counter slot (capacity {capacity} rules on the host: rule_stats)")
+                })?;
+                let mut stats: PerCpuArray<&mut MapData, RuleCounters> =
+                    PerCpuArray::try_from(self.ebpf.map_mut(MAP_RULE_STATS).context("RULE_STATS map")?)?;
+                stats.set(slot, PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?, 0)?;
+                let mut slots: BpfHashMap<&mut MapData, RuleStatsKey, u32> =
+                    BpfHashMap::try_from(self.ebpf.map_mut(MAP_RULE_SLOTS).context("RULE_SLOTS map")?)?;
+                slots.insert(&key, &slot, 0).context("recording a rule counter slot")?;
+                instance.push(slot);
             }
+            out.push(instance);
         }
-        for &rule_id in rule_ids {
-            let key = RuleStatsKey { ifindex, rule_id };
-            if !existing.contains(&key) {
-                let values = PerCpuValues::try_from(vec![RuleCounters::default(); cpus])?;
-                map.insert(&key, values, 0).context("creating RULE_STATS entry (capacity: rule_stats)")?;
+        Ok(out)
+    }
+
+    /// Frees the counter slots of the rules `keep` rejects.
+    pub fn retain_rule_slots(&mut self, keep: impl Fn(&RuleStatsKey) -> bool) -> Result<()> {
+        let gone: Vec<RuleStatsKey> = self.slot_assignments()?.into_keys().filter(|k| !keep(k)).collect();
+        let mut slots: BpfHashMap<&mut MapData, RuleStatsKey, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_RULE_SLOTS).context("RULE_SLOTS map")?)?;
+        for k in &gone {
+            match slots.remove(k) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
 
+    /// {ifindex, rule} -> counter slot, for every rule of every interface.
+    fn slot_assignments(&self) -> Result<BTreeMap<RuleStatsKey, u32>> {
+        let slots: BpfHashMap<&MapData, RuleStatsKey, u32> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_RULE_SLOTS).context("RULE_SLOTS map")?)?;
+        slots.iter().map(|r| r.map_err(Into::into)).collect()
+    }
+
     /// rule id -> (packets, bytes) allowed by the rule on `ifindex`, summed over CPUs.
     pub fn rule_counts(&self, ifindex: u32) -> Result<BTreeMap<u32, (u64, u64)>> {
-        let map: PerCpuHashMap<&MapData, RuleStatsKey, RuleCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map(MAP_RULE_STATS).context("RULE_STATS map")?)?;
+        let stats: PerCpuArray<&MapData, RuleCounters> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_RULE_STATS).context("RULE_STATS map")?)?;
         let mut out = BTreeMap::new();
-        for item in map.iter() {
-            let (k, values) = item?;
+        for (k, slot) in self.slot_assignments()? {
             if k.ifindex == ifindex {
-                let sum = values.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-                out.insert(k.rule_id, sum);
+                let values = stats.get(&slot, 0)?;
+                out.insert(k.rule_id, values.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)));
             }
         }
         Ok(out)

@@ -319,8 +319,10 @@ pub struct LimitsConfig {
     pub max_rules_per_instance: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries_per_instance: Option<u32>,
+    /// Capacity of each port map (`PORT_CLASS_EXACT` and the `PORT_CLASS` trie).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_class_entries: Option<u32>,
+    /// Capacity of each CIDR map (`CIDR_ALLOW_EXACT` and the `CIDR_ALLOW` trie).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr_entries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,8 @@ pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
     unsafe { IFACE_POLICY.get(&ifindex) }.copied()
 }
 
-/// The rule of `direction` in `policy_id` that allows the packet (its id), if any.
+/// The rule of `direction` in `policy_id` that allows the packet (its counter slot),
+/// if any.
 #[inline(always)]
 pub fn classify(policy_id: u32, direction: u8, meta: &Meta) -> Option<u32> {
     let (a, b) = if direction == DIR_INGRESS { meta.src_words() } else { meta.dst_words() };
@@ -106,7 +107,7 @@ pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64
         addr[..8].copy_from_slice(&a.to_ne_bytes());
         addr[8..].copy_from_slice(&b.to_ne_bytes());
         let key = Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id, addr });
-        return CIDR_ALLOW.get(&key).map_or(NO_RULE, |m| u64::from(m.rule_id));
+        return CIDR_ALLOW.get(&key).map_or(NO_RULE, |m| u64::from(m.rule_slot));
     }
     // The address as big-endian numbers, masked per prefix length in registers and
     // written back into the (8-aligned) key as two words.
@@ -129,7 +130,7 @@ pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64
             }
             // SAFETY: plain-data value copied out of the map.
             if let Some(m) = unsafe { CIDR_ALLOW_EXACT.get(&key) } {
-                return u64::from(m.rule_id);
+                return u64::from(m.rule_slot);
             }
         };
     }

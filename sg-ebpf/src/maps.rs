@@ -4,7 +4,7 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sg_common::abi::{
     CidrExactKey, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig,
@@ -73,10 +73,15 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(16_384, 0);
 
-/// {ifindex, rule} -> packets and bytes the rule allowed, per CPU (the daemon creates
-/// the entries; the kernel only increments).
+/// Counter slot -> packets and bytes the rule allowed, per CPU (the daemon hands out
+/// the slots and zeroes them; the kernel only increments).
 #[map]
-pub static RULE_STATS: PerCpuHashMap<RuleStatsKey, RuleCounters> = PerCpuHashMap::pinned(262_144, 0);
+pub static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::pinned(262_144, 0);
+
+/// {ifindex, rule} -> counter slot in `RULE_STATS`: the daemon's bookkeeping, declared
+/// here so that it is created and pinned with the other maps.
+#[map]
+pub static RULE_SLOTS: HashMap<RuleStatsKey, u32> = HashMap::pinned(262_144, 0);
 
 /// 0 -> hash of the eBPF object whose programs are pinned: lets the daemon skip
 /// re-verifying unchanged programs, and spot an upgrade.

@@ -2,7 +2,7 @@
 //! then count the [`Reason`] and turn it into pass/drop.
 use sg_common::abi::{
     DIR_INGRESS, FAMILY_V6, FRAG_FIRST, FRAG_REST, IFACE_FLAG_AUDIT, IFACE_FLAG_GEO_BLOCK, IPPROTO_ICMPV6,
-    IfacePolicy, Reason, RuleStatsKey, router_advert_verdict,
+    IfacePolicy, Reason, router_advert_verdict,
 };
 
 use crate::{
@@ -101,9 +101,9 @@ fn decide_packet(
         Tracked::Decided(reason) => reason,
         Tracked::Rules { revoked } => {
             match syn_rule.or_else(|| classify::classify(policy.policy_id, direction, meta)) {
-                Some(rule_id) => {
+                Some(rule_slot) => {
                     conntrack::open(ifindex, policy.policy_id, direction, meta, clock);
-                    count_rule(ifindex, rule_id, len);
+                    count_rule(rule_slot, len);
                     Reason::AllowRule
                 }
                 None if revoked => Reason::DropRevoked,
@@ -126,8 +126,8 @@ fn count(policy: &IfacePolicy, reason: Reason) {
 }
 
 #[inline(always)]
-fn count_rule(ifindex: u32, rule_id: u32, len: u32) {
-    if let Some(c) = RULE_STATS.get_ptr_mut(&RuleStatsKey { ifindex, rule_id }) {
+fn count_rule(rule_slot: u32, len: u32) {
+    if let Some(c) = RULE_STATS.get_ptr_mut(rule_slot) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         unsafe {
             (*c).packets += 1;
