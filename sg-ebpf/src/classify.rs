@@ -64,7 +64,7 @@ fn matching_rule(
         u64::from(direction) | u64::from(family) << 8 | u64::from(protocol) << 16 | u64::from(port_key) << 32;
     match sg_matching_rule(policy_id, selector, a, b) {
         NO_RULE => None,
-        rule_id => Some(rule_id as u32),
+        slot => Some(slot as u32),
     }
 }
 
@@ -73,7 +73,7 @@ const NO_RULE: u64 = u64::MAX;
 
 /// Port -> class (exact hash, else the range trie), then the remote address within the
 /// class (each of its prefix lengths, longest first, or the CIDR trie). Returns the
-/// rule id or [`NO_RULE`]. `selector`: direction | family << 8 | protocol << 16 |
+/// matching rule's counter slot or [`NO_RULE`]. `selector`: direction | family << 8 | protocol << 16 |
 /// port key << 32; `a`, `b`: the remote address's bytes 0-7 and 8-15.
 ///
 /// A *global* BPF function (exported, integer arguments): the verifier checks it once,

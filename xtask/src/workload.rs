@@ -3,7 +3,7 @@
 //! Rule `i` (of any set) is one port and one network of its own:
 //! destination port `1000 + i`, remote `10.(i/256).(i%256).0/24` or `2001:db8:0:i::/64`.
 //! A set of N rules is rules `0..N`, so the N = 1,000 set is a prefix of the 5,000 one.
-//! Order does not matter to sg (two LPM lookups), but it does to a linear ruleset: rule 0
+//! Order does not matter to sg (hash lookups), but it does to a linear ruleset: rule 0
 //! is evaluated first there, rule N-1 last.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
