@@ -73,8 +73,8 @@ const NO_RULE: u64 = u64::MAX;
 
 /// Port -> class (exact hash, else the range trie), then the remote address within the
 /// class (each of its prefix lengths, longest first, or the CIDR trie). Returns the
-/// matching rule's counter slot or [`NO_RULE`]. `selector`: direction | family << 8 | protocol << 16 |
-/// port key << 32; `a`, `b`: the remote address's bytes 0-7 and 8-15.
+/// matching rule's counter slot or [`NO_RULE`]. `selector`: direction | family << 8 |
+/// protocol << 16 | port key << 32; `a`, `b`: the remote address's bytes 0-7 and 8-15.
 ///
 /// A *global* BPF function (exported, integer arguments): the verifier checks it once,
 /// on its own, instead of once per state of each caller (the rules and two flow
