@@ -26,8 +26,17 @@
 //! written under a fresh policy id and published by one update of that map, so a packet
 //! sees the whole old or the whole new rule set.
 
-/// `ifindex (u32) -> IfacePolicy`: which interfaces are managed, and by which policy.
+/// `ifindex (u32) -> IfacePolicy`: which interfaces are managed, and by which policy
+/// (every binding; the kernel reads it for interfaces numbered [`IFACE_INDEX_SLOTS`]
+/// and up).
 pub const MAP_IFACE_POLICY: &str = "IFACE_POLICY";
+/// Memory-mapped array `ifindex -> IfacePolicy::pack()` (0: not managed) for interfaces
+/// numbered below [`IFACE_INDEX_SLOTS`]: the kernel's lookup is inlined (no call), and
+/// the daemon writes each entry with one atomic 64-bit store, so a packet sees the old
+/// or the new binding, never half of each.
+pub const MAP_IFACE_POLICY_BY_INDEX: &str = "IFACE_POLICY_BY_INDEX";
+/// Entries of [`MAP_IFACE_POLICY_BY_INDEX`] (2 MiB).
+pub const IFACE_INDEX_SLOTS: u32 = 1 << 18;
 /// `LpmKey<PortClassKey> -> PortClass`.
 pub const MAP_PORT_CLASS: &str = "PORT_CLASS";
 /// `PortClassKey -> PortClass` (hash): single ports and short port runs.
@@ -184,6 +193,35 @@ pub struct IfacePolicy {
     /// lookups are inlined by the verifier, no helper call per packet).
     pub stats_slot: u32,
     pub _pad: u32,
+}
+
+impl IfacePolicy {
+    /// Bits of `flags` and `stats_slot` that fit [`IfacePolicy::pack`].
+    pub const PACKED_FLAGS_MAX: u32 = 0xff;
+    pub const PACKED_SLOT_MAX: u32 = 0xff_ffff;
+
+    /// One word: policy id (bits 0-31), flags (32-39), stats slot (40-63). Never 0 for
+    /// a binding (policy ids are not 0).
+    #[inline(always)]
+    pub const fn pack(&self) -> u64 {
+        self.policy_id as u64
+            | ((self.flags & Self::PACKED_FLAGS_MAX) as u64) << 32
+            | ((self.stats_slot & Self::PACKED_SLOT_MAX) as u64) << 40
+    }
+
+    /// The binding packed in `word`, `None` for 0 (not managed).
+    #[inline(always)]
+    pub const fn unpack(word: u64) -> Option<IfacePolicy> {
+        if word == 0 {
+            return None;
+        }
+        Some(IfacePolicy {
+            policy_id: word as u32,
+            flags: (word >> 32) as u32 & Self::PACKED_FLAGS_MAX,
+            stats_slot: (word >> 40) as u32,
+            _pad: 0,
+        })
+    }
 }
 
 /// Key data of [`MAP_PORT_CLASS`]; multi-byte fields in network byte order so that

@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
 use aya::EbpfLoader;
 use aya::maps::lpm_trie::Key;
@@ -86,6 +86,66 @@ pub struct Dataplane {
     dir: PathBuf,
     ebpf: Ebpf,
     pub capacity: Capacity,
+    /// `IFACE_POLICY_BY_INDEX`, mapped into this process.
+    words: PolicyWords,
+}
+
+/// The shared mapping of `IFACE_POLICY_BY_INDEX`: one word per ifindex, written with
+/// atomic stores (a map update syscall copies values with `memcpy`, which may store a
+/// word in pieces that a packet could see half-written).
+struct PolicyWords {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics.
+unsafe impl Send for PolicyWords {}
+// SAFETY: as above.
+unsafe impl Sync for PolicyWords {}
+
+impl PolicyWords {
+    fn map(map: &MapData) -> Result<Self> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let len = abi::IFACE_INDEX_SLOTS as usize;
+        let bytes = len * 8;
+        // SAFETY: mmap of a BPF_F_MMAPABLE array's fd, the size of its values.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping IFACE_POLICY_BY_INDEX");
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(PolicyWords { ptr, len })
+    }
+
+    fn load(&self, ifindex: u32) -> u64 {
+        self.word(ifindex).load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn store(&self, ifindex: u32, word: u64) {
+        self.word(ifindex).store(word, std::sync::atomic::Ordering::Release);
+    }
+
+    fn word(&self, ifindex: u32) -> &std::sync::atomic::AtomicU64 {
+        assert!((ifindex as usize) < self.len, "ifindex {ifindex} beyond the mapped array");
+        // SAFETY: in bounds (checked); the mapping lives as long as `self`.
+        unsafe { &*self.ptr.as_ptr().add(ifindex as usize) }
+    }
+}
+
+impl Drop for PolicyWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * 8) };
+    }
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` when it is missing (it is not mounted at boot on
@@ -279,7 +339,11 @@ impl Dataplane {
             .map_max_entries(MAP_RULE_SLOTS, actual.rule_stats)
             .load(EBPF_OBJECT)
             .context("loading the sg eBPF object (maps pinned under the bpffs directory)")?;
-        let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual };
+        let words = PolicyWords::map(match ebpf.map(abi::MAP_IFACE_POLICY_BY_INDEX) {
+            Some(aya::maps::Map::Array(data)) => data,
+            _ => bail!("IFACE_POLICY_BY_INDEX missing from the object, or not an array"),
+        })?;
+        let mut dp = Dataplane { dir: dir.to_path_buf(), ebpf, capacity: actual, words };
         let mut meta: Array<&mut MapData, u64> =
             Array::try_from(dp.ebpf.map_mut("SG_META").context("SG_META map")?)?;
         meta.set(META_LAYOUT, &MAP_LAYOUT_VERSION, 0)?;
@@ -460,7 +524,27 @@ impl Dataplane {
     pub fn bindings(&self) -> Result<BTreeMap<u32, IfacePolicy>> {
         let map: BpfHashMap<&MapData, u32, IfacePolicy> =
             BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
-        map.iter().map(|r| r.map_err(Into::into)).collect()
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// The binding the kernel reads for `ifindex` (the word below `IFACE_INDEX_SLOTS`,
+    /// else the hash entry); equal to [`Dataplane::binding`] after every bind/unbind.
+    pub fn kernel_binding(&self, ifindex: u32) -> Result<Option<IfacePolicy>> {
+        if ifindex < abi::IFACE_INDEX_SLOTS {
+            return Ok(IfacePolicy::unpack(self.words.load(ifindex)));
+        }
+        self.binding(ifindex)
+    }
+
+    /// The policy bound to `ifindex`, if any.
+    pub fn binding(&self, ifindex: u32) -> Result<Option<IfacePolicy>> {
+        let map: BpfHashMap<&MapData, u32, IfacePolicy> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
+        match map.get(&ifindex, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes a compiled policy's entries (under its fresh id; nothing reads them yet).
@@ -489,6 +573,17 @@ impl Dataplane {
             }
         };
         let binding = IfacePolicy { policy_id, flags, stats_slot, _pad: 0 };
+        // The kernel reads the word (interfaces numbered below IFACE_INDEX_SLOTS) or the
+        // hash entry (the others); the hash also records every binding for the daemon.
+        // Word first: should the daemon die in between, the link left attached makes
+        // the next apply bind or unbind the interface again.
+        if ifindex < abi::IFACE_INDEX_SLOTS {
+            ensure!(
+                flags <= IfacePolicy::PACKED_FLAGS_MAX && stats_slot <= IfacePolicy::PACKED_SLOT_MAX,
+                "binding of interface {ifindex} does not pack into one word: flags {flags:#x}, slot {stats_slot}"
+            );
+            self.words.store(ifindex, binding.pack());
+        }
         self.iface_map()?.insert(&ifindex, &binding, 0).context("updating IFACE_POLICY")?;
         Ok(())
     }
@@ -504,6 +599,9 @@ impl Dataplane {
 
     /// Removes the interface's binding; removing an absent one is not an error.
     pub fn unbind(&mut self, ifindex: u32) -> Result<()> {
+        if ifindex < abi::IFACE_INDEX_SLOTS {
+            self.words.store(ifindex, 0);
+        }
         match self.iface_map()?.remove(&ifindex) {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -755,13 +853,7 @@ impl Dataplane {
     /// Packets per reason of one interface, summed over CPUs (zero when unmanaged).
     pub fn iface_counts(&self, ifindex: u32) -> Result<BTreeMap<Reason, u64>> {
         let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
-        let policies: BpfHashMap<&MapData, u32, IfacePolicy> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_IFACE_POLICY).context("IFACE_POLICY map")?)?;
-        let binding = match policies.get(&ifindex, 0) {
-            Ok(b) => b,
-            Err(e) if is_not_found(&e) => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(binding) = self.binding(ifindex)? else { return Ok(out) };
         let map: PerCpuArray<&MapData, IfaceCounters> =
             PerCpuArray::try_from(self.ebpf.map(MAP_IFACE_STATS).context("IFACE_STATS map")?)?;
         for v in map.get(&binding.stats_slot, 0)?.iter() {

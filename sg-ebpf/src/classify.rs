@@ -2,18 +2,24 @@
 //! lookup in the common case whatever the number of rules (see `sg_common::abi`).
 use aya_ebpf::maps::lpm_trie::Key;
 use sg_common::abi::{
-    CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, DIR_INGRESS, IfacePolicy,
-    PortClassKey, Reason, mask_words,
+    CIDR_EXACT_MAX_LENS, CIDR_KEY_FIXED_BITS, CIDR_LENS_LPM, CidrExactKey, CidrKey, DIR_INGRESS,
+    IFACE_INDEX_SLOTS, IfacePolicy, PortClassKey, Reason, mask_words,
 };
 
 use crate::{
-    maps::{CIDR_ALLOW, CIDR_ALLOW_EXACT, IFACE_POLICY, PORT_CLASS, PORT_CLASS_EXACT},
+    maps::{CIDR_ALLOW, CIDR_ALLOW_EXACT, IFACE_POLICY, IFACE_POLICY_BY_INDEX, PORT_CLASS, PORT_CLASS_EXACT},
     parse::Meta,
 };
 
 /// The policy bound to an interface, `None` when the interface is not managed.
 #[inline(always)]
 pub fn policy_of(ifindex: u32) -> Option<IfacePolicy> {
+    if ifindex < IFACE_INDEX_SLOTS {
+        let word = IFACE_POLICY_BY_INDEX.get_ptr(ifindex)?;
+        // SAFETY: map value pointer; one 8-byte load, as the daemon stores the word in
+        // one 8-byte store.
+        return IfacePolicy::unpack(unsafe { core::ptr::read_volatile(word) });
+    }
     // SAFETY: plain-data value copied out of the map.
     unsafe { IFACE_POLICY.get(&ifindex) }.copied()
 }

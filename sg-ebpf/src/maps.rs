@@ -1,19 +1,25 @@
 //! Maps shared with `sg-daemon`, pinned by name under the daemon's bpffs directory so
 //! enforcement outlives the daemon. Sizes here are defaults; the loader overrides them
 //! from the configured limits.
-use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+use aya_ebpf::bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sg_common::abi::{
     CidrExactKey, CidrKey, CidrMatch, CtEntry, CtKey, CtTimeouts, EventBudget, FragEntry, FragKey, GeoConfig,
-    GeoKey, GeoValue, IfaceCounters, IfacePolicy, PortClass, PortClassKey, RuleCounters, RuleStatsKey,
+    GeoKey, GeoValue, IFACE_INDEX_SLOTS, IfaceCounters, IfacePolicy, PortClass, PortClassKey, RuleCounters,
+    RuleStatsKey,
 };
 
-/// ifindex -> policy of the instance behind it.
+/// ifindex -> policy of the instance behind it, for ifindexes from `IFACE_INDEX_SLOTS` on.
 #[map]
 pub static IFACE_POLICY: HashMap<u32, IfacePolicy> = HashMap::pinned(4096, 0);
+
+/// ifindex -> packed policy (0: not managed) below `IFACE_INDEX_SLOTS`; the daemon
+/// writes it through a shared mapping, one atomic store per binding.
+#[map]
+pub static IFACE_POLICY_BY_INDEX: Array<u64> = Array::pinned(IFACE_INDEX_SLOTS, BPF_F_MMAPABLE);
 
 /// {policy, direction, family, protocol, port} -> port class, for single ports and
 /// short runs (asked first). Entries are allocated as written (no preallocation): the

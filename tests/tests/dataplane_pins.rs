@@ -70,3 +70,33 @@ fn rule_counter_slots_follow_the_rules() {
     drop(dp);
     Dataplane::uninstall(&dir).unwrap();
 }
+
+/// Interfaces numbered below IFACE_INDEX_SLOTS are bound through a word the daemon
+/// stores atomically and the kernel reads without a map call; the others through the
+/// hash. Both read back as the binding, and unbinding clears both.
+#[test]
+fn bindings_reach_the_kernel_through_word_or_hash() {
+    sg_tests::require_root!();
+    let dir = PathBuf::from(format!("/sys/fs/bpf/sg-test-words-{}", std::process::id()));
+    Dataplane::uninstall(&dir).unwrap();
+    let mut dp = Dataplane::open(&dir, Capacity::default()).unwrap();
+    let high = sg_common::abi::IFACE_INDEX_SLOTS + 5;
+    for (ifindex, policy_id, flags) in [(3, 7, 0), (3, 9, 3), (high, 11, 1)] {
+        dp.bind(ifindex, policy_id, flags).unwrap();
+        let b = dp.binding(ifindex).unwrap().expect("bound");
+        assert_eq!((b.policy_id, b.flags), (policy_id, flags));
+        assert_eq!(dp.kernel_binding(ifindex).unwrap(), Some(b), "the kernel's view of {ifindex}");
+    }
+    assert_eq!(dp.bindings().unwrap().keys().copied().collect::<Vec<_>>(), [3, high]);
+    // The same binding, re-published after a reopen (another daemon run).
+    drop(dp);
+    let mut dp = Dataplane::open(&dir, Capacity::default()).unwrap();
+    assert_eq!(dp.kernel_binding(3).unwrap().map(|b| b.policy_id), Some(9));
+    for ifindex in [3, high] {
+        dp.unbind(ifindex).unwrap();
+        assert_eq!(dp.binding(ifindex).unwrap(), None);
+        assert_eq!(dp.kernel_binding(ifindex).unwrap(), None);
+    }
+    drop(dp);
+    Dataplane::uninstall(&dir).unwrap();
+}
