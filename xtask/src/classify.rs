@@ -378,7 +378,7 @@ pub fn run(opts: Opts) -> Result<Results> {
             }
             eprintln!("  {n} rules done ({:.0} s)", started.elapsed().as_secs_f64());
         }
-        // The programs on an interface no policy is bound to: one hash lookup, then pass.
+        // The programs on an interface no policy is bound to: one array word read, then pass.
         dp.unbind(TEST_RUN_IFINDEX)?;
         for prog in Prog::ALL {
             for family in Family::ALL {
@@ -768,7 +768,7 @@ impl Results {
 
         let _ = writeln!(
             s,
-            "\nInterface not managed (no policy bound: one hash lookup, then pass), gross / empty, ns:\n"
+            "\nInterface not managed (no policy bound: one array word read, then pass), gross / empty, ns:\n"
         );
         for prog in Prog::ALL {
             for family in Family::ALL {
