@@ -109,9 +109,7 @@ pub extern "C" fn sg_matching_rule(policy_id: u32, selector: u64, a: u64, b: u64
     };
     let n_lens = (lens & 0xff) as u8;
     if n_lens == CIDR_LENS_LPM {
-        let mut addr = [0u8; 16];
-        addr[..8].copy_from_slice(&a.to_ne_bytes());
-        addr[8..].copy_from_slice(&b.to_ne_bytes());
+        let addr = Meta::addr_of_words(a, b);
         let key = Key::new(CIDR_KEY_FIXED_BITS + 128, CidrKey { policy_id, class_id, addr });
         return CIDR_ALLOW.get(&key).map_or(NO_RULE, |m| u64::from(m.rule_slot));
     }

@@ -41,9 +41,7 @@ pub extern "C" fn sg_geo_blocked(policy_id: u32, selector: u64, a: u64, b: u64) 
     if !in_range {
         return 0;
     }
-    let mut addr = [0u8; 16];
-    addr[..8].copy_from_slice(&a.to_ne_bytes());
-    addr[8..].copy_from_slice(&b.to_ne_bytes());
+    let addr = Meta::addr_of_words(a, b);
     let key = Key::new(GEO_KEY_FIXED_BITS + 128, GeoKey { set_id: cfg.set_id, family, _pad: [0; 3], addr });
     if GEO_BLOCK.get(&key).is_none() {
         return 0;

@@ -98,6 +98,15 @@ impl Meta {
         Self::words(&self.dst)
     }
 
+    /// The address that [`Meta::src_words`] / [`Meta::dst_words`] gave as words.
+    #[inline(always)]
+    pub fn addr_of_words(a: u64, b: u64) -> [u8; 16] {
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&a.to_ne_bytes());
+        addr[8..].copy_from_slice(&b.to_ne_bytes());
+        addr
+    }
+
     #[inline(always)]
     fn words(addr: &[u8; 16]) -> (u64, u64) {
         let p = addr.as_ptr() as *const u64;
